@@ -1,0 +1,1 @@
+"""imgpipe: a Kafka pipeline for AI image editing."""

@@ -1,0 +1,39 @@
+"""The `imgpipe` console script: one entry point whose subcommands start each service and tool.
+
+Each feature module exposes `register(subparsers)`, adding its subcommands with a `handler`
+default that receives the parsed arguments and returns the process exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from imgpipe.contracts import commands as contract_commands
+from imgpipe.localstack import commands as stack_commands
+
+Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+REGISTRARS: tuple[Registrar, ...] = (
+    stack_commands.register,
+    contract_commands.register,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgpipe", description=__doc__.splitlines()[0] if __doc__ else None)
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in REGISTRARS:
+        register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

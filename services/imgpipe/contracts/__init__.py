@@ -1,0 +1,1 @@
+"""Contracts: the topic registry (schemas/) and the protobuf types generated from proto/."""
