@@ -7,4 +7,3 @@ KAFKA_VERSION = "3.9.2"  # also in kafka-pom.xml; a unit test keeps the two equa
 MINIO_MODULE = "github.com/minio/minio"
 MINIO_VERSION = "v0.0.0-20260212201848-7aac2a2c5b7c"
 POSTGRES_MAJOR = "15"  # Debian bookworm's postgresql-15; the exact patch release is whatever apt serves
-UV_VERSION = "0.13.8"

@@ -1,0 +1,73 @@
+# imgpipe developer entry points. `make up` brings up the local stack; `make test` runs every test.
+# Everything downloaded or built goes under .cache/ (ignored by git).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV_VERSION := 0.13.8
+TOOLS_DIR := .cache/tools
+UV := $(TOOLS_DIR)/bin/uv
+VENV := .venv
+IMGPIPE := $(VENV)/bin/imgpipe
+PYTEST := $(VENV)/bin/pytest
+export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
+
+.PHONY: help setup up down status doctor test test-unit test-integration lint format proto proto-check proto-breaking clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(UV):
+	python3 -m venv $(TOOLS_DIR)
+	$(TOOLS_DIR)/bin/pip install --quiet uv==$(UV_VERSION)
+
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen
+	touch $@
+
+setup: $(VENV)/.synced  ## install Python deps from the lock, then Kafka, Postgres and MinIO
+	$(IMGPIPE) stack install
+
+up: setup  ## start Kafka, Postgres and MinIO, create the topics, check health
+	$(IMGPIPE) stack up
+	source <($(IMGPIPE) stack env) && $(IMGPIPE) topics apply
+	source <($(IMGPIPE) stack env) && $(IMGPIPE) doctor
+
+down:  ## stop everything `make up` started
+	$(IMGPIPE) stack down
+
+status: ## show what is running
+	$(IMGPIPE) stack status
+
+doctor:  ## version, endpoint and health of each dependency
+	source <($(IMGPIPE) stack env) && $(IMGPIPE) doctor
+
+test: setup lint  ## lint, then every test (unit and integration, on a private test stack)
+	$(PYTEST)
+
+test-unit: $(VENV)/.synced  ## fast tests only
+	$(PYTEST) -m unit
+
+test-integration: setup  ## tests against the real local stack
+	$(PYTEST) -m integration
+
+lint: $(VENV)/.synced  ## ruff, mypy and generated-code staleness
+	$(VENV)/bin/ruff check services tests
+	$(VENV)/bin/ruff format --check services tests
+	$(VENV)/bin/mypy
+
+format: $(VENV)/.synced
+	$(VENV)/bin/ruff format services tests
+	$(VENV)/bin/ruff check --fix services tests
+
+proto: $(VENV)/.synced  ## regenerate Python code from proto/
+	$(VENV)/bin/python -m imgpipe.contracts.codegen
+
+proto-check: $(VENV)/.synced  ## fail when generated code is stale
+	$(VENV)/bin/python -m imgpipe.contracts.codegen --check
+
+proto-breaking: $(VENV)/.synced  ## fail on wire-breaking proto changes against main
+	$(VENV)/bin/buf breaking --against '.git#branch=main'
+
+clean: down  ## stop the stack and delete .cache/ (downloads, builds, data)
+	rm -rf .cache $(VENV)

@@ -1,0 +1,401 @@
+"""The at-least-once consume loop every Kafka-driven service runs.
+
+For each batch polled: call the handler per message, produce what it returns (or route the
+failure), wait until the broker has acknowledged all of it, and only then store the offsets.
+A crash anywhere before that redelivers the batch; handlers are therefore written idempotent.
+
+Failures never stall a partition:
+- `PoisonMessage` (the message can never be processed) goes to the dead-letter topic at once.
+- Any other exception is treated as transient: the message is copied to the next retry tier
+  topic with a due time, and the loop moves on. Every group also reads the tier topics, picks out
+  the copies addressed to it, and holds (pauses) a tier partition until its head copy is due; a
+  tier has one fixed delay, so the head is always the next due. After the last tier: dead letter.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
+from prometheus_client import Counter, Gauge, Histogram
+
+from imgpipe.runtime.health import Health
+from imgpipe.runtime.kafka import (
+    ATTEMPT_HEADER,
+    DEAD_LETTER_GROUP_HEADER,
+    DEAD_LETTER_REASON_HEADER,
+    ERROR_HEADER,
+    ORIGIN_OFFSET_HEADER,
+    ORIGIN_PARTITION_HEADER,
+    ORIGIN_TOPIC_HEADER,
+    RETRY_DUE_HEADER,
+    RETRY_GROUP_HEADER,
+    TRACE_HEADERS,
+    Forward,
+    HeaderValue,
+    Record,
+    build_consumer,
+    headers_to_dict,
+    now_ms,
+)
+from imgpipe.runtime.logs import log_context
+from imgpipe.runtime.settings import RuntimeSettings
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Record], Iterable[Forward]]
+
+MESSAGES = Counter(
+    "imgpipe_consumer_messages_total",
+    "Messages taken from Kafka, by outcome (ok, retry_scheduled, dead_lettered, skipped)",
+    ["group", "topic", "outcome"],
+)
+HANDLER_SECONDS = Histogram(
+    "imgpipe_handler_duration_seconds",
+    "Time spent in the handler per message",
+    ["group", "topic"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+CONSUMER_LAG = Gauge(
+    "imgpipe_consumer_lag", "Messages behind the partition's high watermark", ["group", "topic", "partition"]
+)
+HELD_PARTITIONS = Gauge(
+    "imgpipe_retry_held_partitions", "Retry-tier partitions paused until their head is due", ["group"]
+)
+
+# The runtime's own bookkeeping headers; the rest of a message's headers travel with it unchanged.
+_RUNTIME_HEADERS = frozenset(
+    {ATTEMPT_HEADER, RETRY_GROUP_HEADER, RETRY_DUE_HEADER, ERROR_HEADER, DEAD_LETTER_REASON_HEADER}
+)
+_MAX_REASON_CHARS = 2_000
+
+
+class PoisonMessage(Exception):
+    """The message can never be processed (undecodable, invalid): dead-letter it now."""
+
+
+class TransientError(Exception):
+    """A dependency failed; the same message may succeed later. Retried through the tiers."""
+
+
+@dataclass(frozen=True)
+class RetryTier:
+    topic: str
+    delay_seconds: float
+
+
+@dataclass(frozen=True)
+class FailureRouting:
+    """Where failed messages go: retry tiers in order of use, then the dead-letter topic."""
+
+    retry_tiers: tuple[RetryTier, ...]
+    dead_letter_topic: str
+
+    def tier_after(self, attempt: int) -> RetryTier | None:
+        """The tier a message goes to after failing its `attempt`-th try, or None when exhausted."""
+        return self.retry_tiers[attempt - 1] if attempt <= len(self.retry_tiers) else None
+
+
+class _Outcome(Enum):
+    OK = "ok"
+    RETRY_SCHEDULED = "retry_scheduled"
+    DEAD_LETTERED = "dead_lettered"
+    SKIPPED = "skipped"  # a retry-tier copy meant for another group
+    HELD = "held"  # a retry-tier copy not due yet: its partition is paused and rewound
+
+
+@dataclass
+class _BatchProgress:
+    """Per partition: the first offset seen (to rewind to) and the next offset to store."""
+
+    first_offset: dict[tuple[str, int], int] = field(default_factory=dict)
+    next_offset: dict[tuple[str, int], int] = field(default_factory=dict)
+    held: set[tuple[str, int]] = field(default_factory=set)
+
+
+class ConsumeLoop:
+    def __init__(
+        self,
+        *,
+        settings: RuntimeSettings,
+        group_id: str,
+        topics: Sequence[str],
+        handler: Handler,
+        producer: Producer,
+        routing: FailureRouting,
+        health: Health | None = None,
+    ) -> None:
+        self._settings = settings
+        self._group_id = group_id
+        self._topics = list(topics)
+        self._handler = handler
+        self._producer = producer
+        self._routing = routing
+        self._health = health
+        self._tier_topics = {tier.topic for tier in routing.retry_tiers}
+        self._stop = threading.Event()
+        self._joined = threading.Event()
+        self._held_until_ms: dict[tuple[str, int], int] = {}
+        self._delivery_errors: list[KafkaError] = []
+        self._consumer = build_consumer(
+            settings, group_id, client_id=f"{settings.service_name}-{group_id}", stats_cb=self._record_stats
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to finish the message in hand, deliver its forwards and leave the group."""
+        self._stop.set()
+
+    def has_joined(self) -> bool:
+        """Readiness: the group coordinator has given this consumer an assignment (maybe empty)."""
+        return self._joined.is_set()
+
+    def run(self) -> None:
+        self._consumer.subscribe(
+            self._topics + sorted(self._tier_topics),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+        log.info("consuming", extra={"group": self._group_id, "topics": self._topics})
+        try:
+            while not self._stop.is_set():
+                if self._health is not None:
+                    self._health.beat()
+                self._resume_due_partitions()
+                messages = self._consumer.consume(
+                    num_messages=self._settings.consumer_batch_size,
+                    timeout=self._settings.consumer_poll_seconds,
+                )
+                if messages:
+                    self._process_batch(messages)
+        finally:
+            self._producer.flush(self._settings.producer_flush_seconds)
+            # close() commits the stored offsets and leaves the group, handing partitions back now
+            # rather than after the session timeout.
+            self._consumer.close()
+            log.info("consumer closed", extra={"group": self._group_id})
+
+    # -- batch processing --------------------------------------------------------------------
+
+    def _process_batch(self, messages: Sequence[Message]) -> None:
+        progress = _BatchProgress()
+        for message in messages:
+            if self._stop.is_set():
+                break  # not stored, so handed back to whoever owns the partition next
+            if not self._usable(message):
+                continue
+            partition = (message.topic(), message.partition())
+            if partition in progress.held:
+                continue  # rewound to an earlier offset; these come again once resumed
+            progress.first_offset.setdefault(partition, message.offset())
+            outcome = self._dispatch(message)
+            if outcome is _Outcome.HELD:
+                progress.held.add(partition)
+                continue
+            MESSAGES.labels(self._group_id, message.topic(), outcome.value).inc()
+            progress.next_offset[partition] = message.offset() + 1
+
+        if self._deliver_all():
+            offsets = [TopicPartition(t, p, o) for (t, p), o in progress.next_offset.items()]
+            if offsets:
+                self._consumer.store_offsets(offsets=offsets)
+        else:
+            self._rewind(progress)
+
+    def _usable(self, message: Message) -> bool:
+        error = message.error()
+        if error is None:
+            return True
+        if error.fatal():
+            raise KafkaException(error)
+        log.warning("consumer error: %s", error)
+        return False
+
+    def _dispatch(self, message: Message) -> _Outcome:
+        headers = headers_to_dict(message.headers())
+        if message.topic() in self._tier_topics:
+            if headers.get(RETRY_GROUP_HEADER, b"").decode() != self._group_id:
+                return _Outcome.SKIPPED
+            due_ms = int(headers.get(RETRY_DUE_HEADER, b"0"))
+            if due_ms > now_ms():
+                self._hold(message, due_ms)
+                return _Outcome.HELD
+        record = _record_from(message, headers)
+        trace_id = _trace_id(headers)
+        with log_context(task_id=record.key_text, trace_id=trace_id):
+            started = time.perf_counter()
+            try:
+                forwards = list(self._handler(record))
+            except PoisonMessage as exc:
+                self._dead_letter(message, headers, f"poison message: {exc}")
+                return _Outcome.DEAD_LETTERED
+            except Exception as exc:
+                return self._retry_or_dead_letter(message, headers, record.attempt, exc)
+            finally:
+                HANDLER_SECONDS.labels(self._group_id, record.topic).observe(time.perf_counter() - started)
+            for forward in forwards:
+                self._produce(
+                    forward.topic, forward.key, forward.value, _with_trace(forward.headers, headers)
+                )
+        return _Outcome.OK
+
+    def _retry_or_dead_letter(
+        self, message: Message, headers: Mapping[str, bytes], attempt: int, exc: Exception
+    ) -> _Outcome:
+        reason = f"{type(exc).__name__}: {exc}"[:_MAX_REASON_CHARS]
+        tier = self._routing.tier_after(attempt)
+        if tier is None:
+            self._dead_letter(message, headers, f"retries exhausted after {attempt} attempts: {reason}")
+            return _Outcome.DEAD_LETTERED
+        log.warning(
+            "attempt %d failed, retrying in %ss: %s",
+            attempt,
+            tier.delay_seconds,
+            reason,
+            exc_info=not isinstance(exc, TransientError),
+        )
+        retry_headers: dict[str, HeaderValue] = {
+            **_passthrough(headers),
+            **_origin(message, headers),
+            ATTEMPT_HEADER: str(attempt + 1),
+            RETRY_GROUP_HEADER: self._group_id,
+            RETRY_DUE_HEADER: str(now_ms() + int(tier.delay_seconds * 1000)),
+            ERROR_HEADER: reason,
+        }
+        self._produce(tier.topic, message.key(), message.value(), retry_headers)
+        return _Outcome.RETRY_SCHEDULED
+
+    def _dead_letter(self, message: Message, headers: Mapping[str, bytes], reason: str) -> None:
+        log.error("dead-lettering message: %s", reason)
+        dead_letter_headers: dict[str, HeaderValue] = {
+            **_passthrough(headers),
+            **_origin(message, headers),
+            DEAD_LETTER_REASON_HEADER: reason[:_MAX_REASON_CHARS],
+            DEAD_LETTER_GROUP_HEADER: self._group_id,
+        }
+        self._produce(self._routing.dead_letter_topic, message.key(), message.value(), dead_letter_headers)
+
+    # -- producing ---------------------------------------------------------------------------
+
+    def _produce(
+        self, topic: str, key: str | bytes | None, value: bytes | None, headers: Mapping[str, HeaderValue]
+    ) -> None:
+        while True:
+            try:
+                self._producer.produce(
+                    topic, value=value, key=key, headers=list(headers.items()), on_delivery=self._on_delivery
+                )
+                return
+            except BufferError:
+                # The local queue is full: serve delivery reports to make room, then try again.
+                self._producer.poll(0.5)
+
+    def _on_delivery(self, error: KafkaError | None, _message: Message) -> None:
+        if error is not None:
+            self._delivery_errors.append(error)
+
+    def _deliver_all(self) -> bool:
+        """Wait for every message produced in this batch; False if any was not acknowledged."""
+        undelivered = self._producer.flush(self._settings.producer_flush_seconds)
+        errors, self._delivery_errors = self._delivery_errors, []
+        if undelivered or errors:
+            log.error("forwards not acknowledged (%d queued, errors: %s); rewinding", undelivered, errors)
+            return False
+        return True
+
+    def _rewind(self, progress: _BatchProgress) -> None:
+        for (topic, partition), offset in progress.first_offset.items():
+            if (topic, partition) not in progress.held:
+                self._consumer.seek(TopicPartition(topic, partition, offset))
+
+    # -- retry-tier holds --------------------------------------------------------------------
+
+    def _hold(self, message: Message, due_ms: int) -> None:
+        partition = TopicPartition(message.topic(), message.partition(), message.offset())
+        self._consumer.pause([partition])
+        self._consumer.seek(partition)
+        self._held_until_ms[(message.topic(), message.partition())] = due_ms
+        HELD_PARTITIONS.labels(self._group_id).set(len(self._held_until_ms))
+
+    def _resume_due_partitions(self) -> None:
+        now = now_ms()
+        due = [key for key, until in self._held_until_ms.items() if until <= now]
+        if due:
+            self._consumer.resume([TopicPartition(topic, partition) for topic, partition in due])
+            for key in due:
+                del self._held_until_ms[key]
+            HELD_PARTITIONS.labels(self._group_id).set(len(self._held_until_ms))
+
+    def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        self._joined.set()
+        log.info("assigned %s", [f"{p.topic}[{p.partition}]" for p in partitions])
+
+    def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        for p in partitions:
+            self._held_until_ms.pop((p.topic, p.partition), None)
+        log.info("revoked %s", [f"{p.topic}[{p.partition}]" for p in partitions])
+
+    # -- metrics -----------------------------------------------------------------------------
+
+    def _record_stats(self, stats_json: str) -> None:
+        """librdkafka's periodic statistics (served inside consume()): export lag per partition."""
+        stats = json.loads(stats_json)
+        for topic, topic_stats in stats.get("topics", {}).items():
+            for partition, partition_stats in topic_stats.get("partitions", {}).items():
+                lag = partition_stats.get("consumer_lag", -1)
+                if partition != "-1" and lag >= 0:
+                    CONSUMER_LAG.labels(self._group_id, topic, partition).set(lag)
+
+
+def _record_from(message: Message, headers: Mapping[str, bytes]) -> Record:
+    """A retried copy is presented as the original: its first topic, partition and offset."""
+    _, timestamp_ms = message.timestamp()
+    return Record(
+        topic=headers.get(ORIGIN_TOPIC_HEADER, message.topic().encode()).decode(),
+        partition=int(headers.get(ORIGIN_PARTITION_HEADER, str(message.partition()).encode())),
+        offset=int(headers.get(ORIGIN_OFFSET_HEADER, str(message.offset()).encode())),
+        key=message.key(),
+        value=message.value(),
+        headers=headers,
+        timestamp_ms=timestamp_ms,
+        attempt=int(headers.get(ATTEMPT_HEADER, b"1")),
+    )
+
+
+def _passthrough(headers: Mapping[str, bytes]) -> dict[str, HeaderValue]:
+    return {name: value for name, value in headers.items() if name not in _RUNTIME_HEADERS}
+
+
+def _origin(message: Message, headers: Mapping[str, bytes]) -> dict[str, HeaderValue]:
+    """Where the message first arrived; kept as it was when the message is already a retry copy."""
+    if ORIGIN_TOPIC_HEADER in headers:
+        return {
+            name: headers[name]
+            for name in (ORIGIN_TOPIC_HEADER, ORIGIN_PARTITION_HEADER, ORIGIN_OFFSET_HEADER)
+            if name in headers
+        }
+    return {
+        ORIGIN_TOPIC_HEADER: message.topic(),
+        ORIGIN_PARTITION_HEADER: str(message.partition()),
+        ORIGIN_OFFSET_HEADER: str(message.offset()),
+    }
+
+
+def _with_trace(own: Mapping[str, HeaderValue], incoming: Mapping[str, bytes]) -> dict[str, HeaderValue]:
+    """Forwards continue the incoming trace unless the handler set its own context."""
+    inherited = {name: incoming[name] for name in TRACE_HEADERS if name in incoming and name not in own}
+    return {**own, **inherited}
+
+
+def _trace_id(headers: Mapping[str, bytes]) -> str | None:
+    parts = headers.get("traceparent", b"").decode(errors="replace").split("-")
+    return parts[1] if len(parts) == 4 else None

@@ -1,0 +1,108 @@
+"""Kafka client configuration and the message types the consume loop passes to handlers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer, Producer
+
+from imgpipe.runtime.settings import RuntimeSettings
+
+# Headers the runtime owns. Values are UTF-8 text.
+ATTEMPT_HEADER = "imgpipe-attempt"  # delivery attempt of this message to its group, 1-based
+RETRY_GROUP_HEADER = "imgpipe-retry-group"  # the consumer group a retry-tier copy is meant for
+RETRY_DUE_HEADER = "imgpipe-retry-due-ms"  # epoch milliseconds before which a retry must not run
+ORIGIN_TOPIC_HEADER = "imgpipe-origin-topic"
+ORIGIN_PARTITION_HEADER = "imgpipe-origin-partition"
+ORIGIN_OFFSET_HEADER = "imgpipe-origin-offset"
+ERROR_HEADER = "imgpipe-error"  # why the last attempt failed
+DEAD_LETTER_REASON_HEADER = "imgpipe-dead-letter-reason"
+DEAD_LETTER_GROUP_HEADER = "imgpipe-dead-letter-group"
+# W3C trace context travels in these headers and is copied onto forwards that don't set their own.
+TRACE_HEADERS = ("traceparent", "tracestate")
+
+HeaderValue = str | bytes
+
+
+@dataclass(frozen=True)
+class Record:
+    """One message as a handler sees it. For a retried message, topic is where it first arrived."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Mapping[str, bytes]
+    timestamp_ms: int
+    attempt: int = 1
+
+    def header(self, name: str) -> str | None:
+        raw = self.headers.get(name)
+        return None if raw is None else raw.decode("utf-8", errors="replace")
+
+    @property
+    def key_text(self) -> str | None:
+        return None if self.key is None else self.key.decode("utf-8", errors="replace")
+
+
+@dataclass(frozen=True)
+class Forward:
+    """A message a handler asks the runtime to produce before the input's offset is stored."""
+
+    topic: str
+    value: bytes | None
+    key: str | bytes | None = None
+    headers: Mapping[str, HeaderValue] = field(default_factory=dict)
+
+
+def headers_to_dict(headers: list[tuple[str, bytes | None]] | None) -> dict[str, bytes]:
+    """Kafka headers as a dict; the last value wins for repeated names, as our headers are unique."""
+    return {name: value or b"" for name, value in headers or []}
+
+
+def client_config(settings: RuntimeSettings, client_id: str) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        "client.id": client_id,
+        **settings.kafka_client_config,
+    }
+
+
+def build_producer(settings: RuntimeSettings, client_id: str) -> Producer:
+    """An idempotent producer partitioning keys like the Java client (murmur2), so that keyed data
+    lands on the same partition whichever client wrote it; faust (aiokafka) reads it co-partitioned."""
+    return Producer(
+        {
+            **client_config(settings, client_id),
+            "enable.idempotence": True,
+            "acks": "all",
+            "partitioner": "murmur2_random",
+            "linger.ms": 5,
+            "compression.type": "lz4",
+        }
+    )
+
+
+def build_consumer(
+    settings: RuntimeSettings, group_id: str, client_id: str, stats_cb: Callable[[str], None] | None = None
+) -> Consumer:
+    """A consumer whose offsets are stored only by the consume loop, after the work is done."""
+    config: dict[str, Any] = {
+        **client_config(settings, client_id),
+        "group.id": group_id,
+        "enable.auto.commit": True,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+    }
+    if stats_cb is not None:
+        config |= {"statistics.interval.ms": 15_000, "stats_cb": stats_cb}
+    return Consumer(config)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)

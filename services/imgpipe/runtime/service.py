@@ -1,0 +1,75 @@
+"""Start-up and shutdown shared by every Kafka-consuming service.
+
+A service file supplies its settings, group, topics and handler; this module wires logging, the
+health server, the producer, the consume loop and signal handling around them.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Mapping, Sequence
+from types import FrameType
+
+from imgpipe.contracts.registry import TopicKey, default_registry
+from imgpipe.runtime.consumer import ConsumeLoop, FailureRouting, Handler, RetryTier
+from imgpipe.runtime.health import Health, ReadinessCheck
+from imgpipe.runtime.kafka import build_producer
+from imgpipe.runtime.logs import configure_logging
+from imgpipe.runtime.settings import RuntimeSettings
+
+log = logging.getLogger(__name__)
+
+
+def run_consumer_service(
+    *,
+    settings: RuntimeSettings,
+    group_id: str,
+    topics: Sequence[str],
+    handler: Handler,
+    routing: FailureRouting | None = None,
+    readiness_checks: Mapping[str, ReadinessCheck] | None = None,
+) -> int:
+    """Run until SIGTERM or SIGINT, then finish the message in hand and leave the group."""
+    configure_logging(settings.service_name, settings.log_level, settings.log_format)
+    if routing is None:
+        routing = routing_from_registry()
+    health = Health(settings.liveness_stale_seconds)
+    producer = build_producer(settings, client_id=settings.service_name)
+    loop = ConsumeLoop(
+        settings=settings,
+        group_id=group_id,
+        topics=topics,
+        handler=handler,
+        producer=producer,
+        routing=routing,
+        health=health,
+    )
+    health.add_readiness_check("kafka_group_joined", loop.has_joined)
+    for name, check in (readiness_checks or {}).items():
+        health.add_readiness_check(name, check)
+    port = health.serve(settings.health_host, settings.health_port)
+    log.info("health server on port %d", port)
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s, finishing in-flight work", signal.Signals(signum).name)
+        loop.stop()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        loop.run()
+    finally:
+        health.close()
+    return 0
+
+
+def routing_from_registry() -> FailureRouting:
+    """The product's retry tiers and dead-letter topic, as the topic registry declares them."""
+    registry = default_registry()
+    return FailureRouting(
+        retry_tiers=tuple(
+            RetryTier(spec.name, spec.retry_delay_seconds or 0.0) for spec in registry.retry_tiers()
+        ),
+        dead_letter_topic=registry.name(TopicKey.DEAD_LETTER),
+    )
