@@ -1,6 +1,5 @@
 import httpx
 import pytest
-
 from imgpipe.runtime.health import Health
 
 pytestmark = pytest.mark.unit

@@ -2,7 +2,6 @@ import json
 import logging
 
 import pytest
-
 from imgpipe.runtime.logs import configure_logging, log_context
 
 pytestmark = pytest.mark.unit

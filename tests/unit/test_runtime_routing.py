@@ -1,5 +1,4 @@
 import pytest
-
 from imgpipe.runtime.consumer import FailureRouting, RetryTier
 
 pytestmark = pytest.mark.unit

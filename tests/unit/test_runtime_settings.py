@@ -1,5 +1,4 @@
 import pytest
-
 from imgpipe.runtime.settings import RuntimeSettings, SettingsError, load_settings
 
 pytestmark = pytest.mark.unit

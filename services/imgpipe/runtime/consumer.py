@@ -40,9 +40,9 @@ from imgpipe.runtime.kafka import (
     TRACE_HEADERS,
     Forward,
     HeaderValue,
+    Received,
     Record,
     build_consumer,
-    headers_to_dict,
     now_ms,
 )
 from imgpipe.runtime.logs import log_context
@@ -193,16 +193,17 @@ class ConsumeLoop:
                 break  # not stored, so handed back to whoever owns the partition next
             if not self._usable(message):
                 continue
-            partition = (message.topic(), message.partition())
+            received = Received.of(message)
+            partition = (received.topic, received.partition)
             if partition in progress.held:
                 continue  # rewound to an earlier offset; these come again once resumed
-            progress.first_offset.setdefault(partition, message.offset())
-            outcome = self._dispatch(message)
+            progress.first_offset.setdefault(partition, received.offset)
+            outcome = self._dispatch(received)
             if outcome is _Outcome.HELD:
                 progress.held.add(partition)
                 continue
-            MESSAGES.labels(self._group_id, message.topic(), outcome.value).inc()
-            progress.next_offset[partition] = message.offset() + 1
+            MESSAGES.labels(self._group_id, received.topic, outcome.value).inc()
+            progress.next_offset[partition] = received.offset + 1
 
         if self._deliver_all():
             offsets = [TopicPartition(t, p, o) for (t, p), o in progress.next_offset.items()]
@@ -220,26 +221,26 @@ class ConsumeLoop:
         log.warning("consumer error: %s", error)
         return False
 
-    def _dispatch(self, message: Message) -> _Outcome:
-        headers = headers_to_dict(message.headers())
-        if message.topic() in self._tier_topics:
+    def _dispatch(self, message: Received) -> _Outcome:
+        headers = message.headers
+        if message.topic in self._tier_topics:
             if headers.get(RETRY_GROUP_HEADER, b"").decode() != self._group_id:
                 return _Outcome.SKIPPED
             due_ms = int(headers.get(RETRY_DUE_HEADER, b"0"))
             if due_ms > now_ms():
                 self._hold(message, due_ms)
                 return _Outcome.HELD
-        record = _record_from(message, headers)
+        record = _as_record(message)
         trace_id = _trace_id(headers)
         with log_context(task_id=record.key_text, trace_id=trace_id):
             started = time.perf_counter()
             try:
                 forwards = list(self._handler(record))
             except PoisonMessage as exc:
-                self._dead_letter(message, headers, f"poison message: {exc}")
+                self._dead_letter(message, f"poison message: {exc}")
                 return _Outcome.DEAD_LETTERED
             except Exception as exc:
-                return self._retry_or_dead_letter(message, headers, record.attempt, exc)
+                return self._retry_or_dead_letter(message, record.attempt, exc)
             finally:
                 HANDLER_SECONDS.labels(self._group_id, record.topic).observe(time.perf_counter() - started)
             for forward in forwards:
@@ -248,13 +249,11 @@ class ConsumeLoop:
                 )
         return _Outcome.OK
 
-    def _retry_or_dead_letter(
-        self, message: Message, headers: Mapping[str, bytes], attempt: int, exc: Exception
-    ) -> _Outcome:
+    def _retry_or_dead_letter(self, message: Received, attempt: int, exc: Exception) -> _Outcome:
         reason = f"{type(exc).__name__}: {exc}"[:_MAX_REASON_CHARS]
         tier = self._routing.tier_after(attempt)
         if tier is None:
-            self._dead_letter(message, headers, f"retries exhausted after {attempt} attempts: {reason}")
+            self._dead_letter(message, f"retries exhausted after {attempt} attempts: {reason}")
             return _Outcome.DEAD_LETTERED
         log.warning(
             "attempt %d failed, retrying in %ss: %s",
@@ -264,25 +263,25 @@ class ConsumeLoop:
             exc_info=not isinstance(exc, TransientError),
         )
         retry_headers: dict[str, HeaderValue] = {
-            **_passthrough(headers),
-            **_origin(message, headers),
+            **_passthrough(message.headers),
+            **_origin(message),
             ATTEMPT_HEADER: str(attempt + 1),
             RETRY_GROUP_HEADER: self._group_id,
             RETRY_DUE_HEADER: str(now_ms() + int(tier.delay_seconds * 1000)),
             ERROR_HEADER: reason,
         }
-        self._produce(tier.topic, message.key(), message.value(), retry_headers)
+        self._produce(tier.topic, message.key, message.value, retry_headers)
         return _Outcome.RETRY_SCHEDULED
 
-    def _dead_letter(self, message: Message, headers: Mapping[str, bytes], reason: str) -> None:
+    def _dead_letter(self, message: Received, reason: str) -> None:
         log.error("dead-lettering message: %s", reason)
         dead_letter_headers: dict[str, HeaderValue] = {
-            **_passthrough(headers),
-            **_origin(message, headers),
+            **_passthrough(message.headers),
+            **_origin(message),
             DEAD_LETTER_REASON_HEADER: reason[:_MAX_REASON_CHARS],
             DEAD_LETTER_GROUP_HEADER: self._group_id,
         }
-        self._produce(self._routing.dead_letter_topic, message.key(), message.value(), dead_letter_headers)
+        self._produce(self._routing.dead_letter_topic, message.key, message.value, dead_letter_headers)
 
     # -- producing ---------------------------------------------------------------------------
 
@@ -319,11 +318,11 @@ class ConsumeLoop:
 
     # -- retry-tier holds --------------------------------------------------------------------
 
-    def _hold(self, message: Message, due_ms: int) -> None:
-        partition = TopicPartition(message.topic(), message.partition(), message.offset())
+    def _hold(self, message: Received, due_ms: int) -> None:
+        partition = TopicPartition(message.topic, message.partition, message.offset)
         self._consumer.pause([partition])
         self._consumer.seek(partition)
-        self._held_until_ms[(message.topic(), message.partition())] = due_ms
+        self._held_until_ms[(message.topic, message.partition)] = due_ms
         HELD_PARTITIONS.labels(self._group_id).set(len(self._held_until_ms))
 
     def _resume_due_partitions(self) -> None:
@@ -356,18 +355,17 @@ class ConsumeLoop:
                     CONSUMER_LAG.labels(self._group_id, topic, partition).set(lag)
 
 
-def _record_from(message: Message, headers: Mapping[str, bytes]) -> Record:
+def _as_record(message: Received) -> Record:
     """A retried copy is presented as the original: its first topic, partition and offset."""
-    _, timestamp_ms = message.timestamp()
     return Record(
-        topic=headers.get(ORIGIN_TOPIC_HEADER, message.topic().encode()).decode(),
-        partition=int(headers.get(ORIGIN_PARTITION_HEADER, str(message.partition()).encode())),
-        offset=int(headers.get(ORIGIN_OFFSET_HEADER, str(message.offset()).encode())),
-        key=message.key(),
-        value=message.value(),
-        headers=headers,
-        timestamp_ms=timestamp_ms,
-        attempt=int(headers.get(ATTEMPT_HEADER, b"1")),
+        topic=message.header(ORIGIN_TOPIC_HEADER) or message.topic,
+        partition=int(message.header(ORIGIN_PARTITION_HEADER) or message.partition),
+        offset=int(message.header(ORIGIN_OFFSET_HEADER) or message.offset),
+        key=message.key,
+        value=message.value,
+        headers=message.headers,
+        timestamp_ms=message.timestamp_ms,
+        attempt=int(message.header(ATTEMPT_HEADER) or 1),
     )
 
 
@@ -375,18 +373,13 @@ def _passthrough(headers: Mapping[str, bytes]) -> dict[str, HeaderValue]:
     return {name: value for name, value in headers.items() if name not in _RUNTIME_HEADERS}
 
 
-def _origin(message: Message, headers: Mapping[str, bytes]) -> dict[str, HeaderValue]:
+def _origin(message: Received) -> dict[str, HeaderValue]:
     """Where the message first arrived; kept as it was when the message is already a retry copy."""
-    if ORIGIN_TOPIC_HEADER in headers:
-        return {
-            name: headers[name]
-            for name in (ORIGIN_TOPIC_HEADER, ORIGIN_PARTITION_HEADER, ORIGIN_OFFSET_HEADER)
-            if name in headers
-        }
+    record = _as_record(message)
     return {
-        ORIGIN_TOPIC_HEADER: message.topic(),
-        ORIGIN_PARTITION_HEADER: str(message.partition()),
-        ORIGIN_OFFSET_HEADER: str(message.offset()),
+        ORIGIN_TOPIC_HEADER: record.topic,
+        ORIGIN_PARTITION_HEADER: str(record.partition),
+        ORIGIN_OFFSET_HEADER: str(record.offset),
     }
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Message, Producer
 
 from imgpipe.runtime.settings import RuntimeSettings
 
@@ -28,8 +28,8 @@ HeaderValue = str | bytes
 
 
 @dataclass(frozen=True)
-class Record:
-    """One message as a handler sees it. For a retried message, topic is where it first arrived."""
+class Received:
+    """A consumed message, read once from confluent-kafka's accessors (all set when error() is None)."""
 
     topic: str
     partition: int
@@ -38,7 +38,21 @@ class Record:
     value: bytes | None
     headers: Mapping[str, bytes]
     timestamp_ms: int
-    attempt: int = 1
+
+    @classmethod
+    def of(cls, message: Message) -> Received:
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        assert topic is not None and partition is not None and offset is not None, "error message"
+        key = message.key()
+        return cls(
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            key=key.encode() if isinstance(key, str) else key,
+            value=message.value(),
+            headers=headers_to_dict(message.headers()),
+            timestamp_ms=message.timestamp()[1],
+        )
 
     def header(self, name: str) -> str | None:
         raw = self.headers.get(name)
@@ -47,6 +61,14 @@ class Record:
     @property
     def key_text(self) -> str | None:
         return None if self.key is None else self.key.decode("utf-8", errors="replace")
+
+
+@dataclass(frozen=True)
+class Record(Received):
+    """One message as a handler sees it. A retried copy is presented as the original: its first
+    topic, partition and offset, with `attempt` counting the tries so far."""
+
+    attempt: int = 1
 
 
 @dataclass(frozen=True)
@@ -59,9 +81,13 @@ class Forward:
     headers: Mapping[str, HeaderValue] = field(default_factory=dict)
 
 
-def headers_to_dict(headers: list[tuple[str, bytes | None]] | None) -> dict[str, bytes]:
-    """Kafka headers as a dict; the last value wins for repeated names, as our headers are unique."""
-    return {name: value or b"" for name, value in headers or []}
+RawHeaders = list[tuple[str, str | bytes | None]] | dict[str, str | bytes | None] | None
+
+
+def headers_to_dict(headers: RawHeaders) -> dict[str, bytes]:
+    """Kafka headers as a dict of bytes; the last value wins for repeated names (ours are unique)."""
+    items = headers.items() if isinstance(headers, dict) else headers or []
+    return {name: value.encode() if isinstance(value, str) else value or b"" for name, value in items}
 
 
 def client_config(settings: RuntimeSettings, client_id: str) -> dict[str, Any]:

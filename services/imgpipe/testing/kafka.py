@@ -5,26 +5,11 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from imgpipe.runtime.kafka import headers_to_dict
-
-
-@dataclass(frozen=True)
-class ReadMessage:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: Mapping[str, bytes]
-
-    def header(self, name: str) -> str | None:
-        raw = self.headers.get(name)
-        return None if raw is None else raw.decode()
+from imgpipe.runtime.kafka import Received
 
 
 def unique_topic(prefix: str) -> str:
@@ -34,7 +19,10 @@ def unique_topic(prefix: str) -> str:
 def create_topics(bootstrap_servers: str, partitions_by_topic: Mapping[str, int]) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap_servers})
     futures = admin.create_topics(
-        [NewTopic(name, num_partitions=count, replication_factor=1) for name, count in partitions_by_topic.items()]
+        [
+            NewTopic(name, num_partitions=count, replication_factor=1)
+            for name, count in partitions_by_topic.items()
+        ]
     )
     for future in futures.values():
         future.result(timeout=30)
@@ -49,9 +37,10 @@ def produce(
 ) -> None:
     """Produce (key, value) pairs and wait until the broker has acknowledged every one."""
     producer = Producer({"bootstrap.servers": bootstrap_servers, "partitioner": "murmur2_random"})
-    extra = {} if partition is None else {"partition": partition}
+    # -1 asks librdkafka's partitioner to choose, as when no partition is given.
+    target = -1 if partition is None else partition
     for key, value in messages:
-        producer.produce(topic, value=value, key=key, headers=list((headers or {}).items()), **extra)
+        producer.produce(topic, value=value, key=key, headers=list((headers or {}).items()), partition=target)
     remaining = producer.flush(30)
     if remaining:
         raise RuntimeError(f"{remaining} messages to {topic} were not acknowledged")
@@ -60,38 +49,35 @@ def produce(
 def read_topic(
     bootstrap_servers: str,
     topic: str,
-    until: Callable[[Sequence[ReadMessage]], bool],
+    until: Callable[[Sequence[Received]], bool],
     timeout: float = 60.0,
-) -> list[ReadMessage]:
+) -> list[Received]:
     """Read `topic` from the beginning (all partitions, no group) until `until(messages)` holds."""
     consumer = Consumer(
-        {"bootstrap.servers": bootstrap_servers, "group.id": f"reader-{uuid.uuid4().hex}", "enable.auto.commit": False}
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+        }
     )
     try:
         metadata = consumer.list_topics(topic, timeout=30)
         partitions = metadata.topics[topic].partitions
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        seen: list[ReadMessage] = []
+        seen: list[Received] = []
         deadline = time.monotonic() + timeout
         while not until(seen):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"condition on {topic} not met within {timeout}s; read {len(seen)} messages")
+                raise TimeoutError(
+                    f"condition on {topic} not met within {timeout}s; read {len(seen)} messages"
+                )
             for message in consumer.consume(num_messages=500, timeout=0.2):
                 if message.error() is None:
-                    seen.append(
-                        ReadMessage(
-                            topic=message.topic(),
-                            partition=message.partition(),
-                            offset=message.offset(),
-                            key=message.key(),
-                            value=message.value(),
-                            headers=headers_to_dict(message.headers()),
-                        )
-                    )
+                    seen.append(Received.of(message))
         return seen
     finally:
         consumer.close()
 
 
-def values(messages: Iterable[ReadMessage]) -> list[bytes | None]:
+def values(messages: Iterable[Received]) -> list[bytes | None]:
     return [message.value for message in messages]
