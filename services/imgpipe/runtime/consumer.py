@@ -24,6 +24,8 @@ from enum import Enum
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Gauge, Histogram
 
 from imgpipe.runtime.health import Health
@@ -37,7 +39,6 @@ from imgpipe.runtime.kafka import (
     ORIGIN_TOPIC_HEADER,
     RETRY_DUE_HEADER,
     RETRY_GROUP_HEADER,
-    TRACE_HEADERS,
     Forward,
     HeaderValue,
     Received,
@@ -47,8 +48,10 @@ from imgpipe.runtime.kafka import (
 )
 from imgpipe.runtime.logs import log_context
 from imgpipe.runtime.settings import RuntimeSettings
+from imgpipe.runtime.telemetry import context_from_headers, current_trace_id, inject_current_context
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
 
 Handler = Callable[[Record], Iterable[Forward]]
 
@@ -231,8 +234,21 @@ class ConsumeLoop:
                 self._hold(message, due_ms)
                 return _Outcome.HELD
         record = _as_record(message)
-        trace_id = _trace_id(headers)
-        with log_context(task_id=record.key_text, trace_id=trace_id):
+        span_attributes: dict[str, str | int] = {
+            "messaging.system": "kafka",
+            "messaging.destination.name": record.topic,
+            "messaging.consumer.group.name": self._group_id,
+            "messaging.kafka.message.offset": record.offset,
+        }
+        with (
+            _tracer.start_as_current_span(
+                f"process {record.topic}",
+                context=context_from_headers(message.headers),
+                kind=SpanKind.CONSUMER,
+                attributes=span_attributes,
+            ),
+            log_context(task_id=record.key_text, trace_id=current_trace_id()),
+        ):
             started = time.perf_counter()
             try:
                 forwards = list(self._handler(record))
@@ -244,9 +260,9 @@ class ConsumeLoop:
             finally:
                 HANDLER_SECONDS.labels(self._group_id, record.topic).observe(time.perf_counter() - started)
             for forward in forwards:
-                self._produce(
-                    forward.topic, forward.key, forward.value, _with_trace(forward.headers, headers)
-                )
+                forward_headers = dict(forward.headers)
+                inject_current_context(forward_headers)
+                self._produce(forward.topic, forward.key, forward.value, forward_headers)
         return _Outcome.OK
 
     def _retry_or_dead_letter(self, message: Received, attempt: int, exc: Exception) -> _Outcome:
@@ -381,14 +397,3 @@ def _origin(message: Received) -> dict[str, HeaderValue]:
         ORIGIN_PARTITION_HEADER: str(record.partition),
         ORIGIN_OFFSET_HEADER: str(record.offset),
     }
-
-
-def _with_trace(own: Mapping[str, HeaderValue], incoming: Mapping[str, bytes]) -> dict[str, HeaderValue]:
-    """Forwards continue the incoming trace unless the handler set its own context."""
-    inherited = {name: incoming[name] for name in TRACE_HEADERS if name in incoming and name not in own}
-    return {**own, **inherited}
-
-
-def _trace_id(headers: Mapping[str, bytes]) -> str | None:
-    parts = headers.get("traceparent", b"").decode(errors="replace").split("-")
-    return parts[1] if len(parts) == 4 else None

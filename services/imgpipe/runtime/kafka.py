@@ -21,8 +21,6 @@ ORIGIN_OFFSET_HEADER = "imgpipe-origin-offset"
 ERROR_HEADER = "imgpipe-error"  # why the last attempt failed
 DEAD_LETTER_REASON_HEADER = "imgpipe-dead-letter-reason"
 DEAD_LETTER_GROUP_HEADER = "imgpipe-dead-letter-group"
-# W3C trace context travels in these headers and is copied onto forwards that don't set their own.
-TRACE_HEADERS = ("traceparent", "tracestate")
 
 HeaderValue = str | bytes
 

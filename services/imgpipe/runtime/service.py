@@ -17,6 +17,7 @@ from imgpipe.runtime.health import Health, ReadinessCheck
 from imgpipe.runtime.kafka import build_producer
 from imgpipe.runtime.logs import configure_logging
 from imgpipe.runtime.settings import RuntimeSettings
+from imgpipe.runtime.telemetry import configure_tracing
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ def run_consumer_service(
 ) -> int:
     """Run until SIGTERM or SIGINT, then finish the message in hand and leave the group."""
     configure_logging(settings.service_name, settings.log_level, settings.log_format)
+    configure_tracing(settings.service_name, settings.trace_exporter)
     if routing is None:
         routing = routing_from_registry()
     health = Health(settings.liveness_stale_seconds)

@@ -26,6 +26,8 @@ class RuntimeSettings(BaseSettings):
     service_name: str = "imgpipe"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
+    # Spans are always made (their ids reach logs and Kafka headers); this chooses where they go.
+    trace_exporter: Literal["none", "console", "otlp"] = "none"
 
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     # Extra librdkafka settings for managed clusters (SASL, TLS), as a JSON object.
