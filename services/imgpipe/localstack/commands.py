@@ -1,9 +1,119 @@
-"""Subcommands of this package (placeholder until implemented)."""
+"""`imgpipe stack install|up|down|status|env` and `imgpipe doctor`."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+
+from imgpipe.localstack.doctor import run_doctor
+from imgpipe.localstack.endpoints import render_exports
+from imgpipe.localstack.install import InstallError, ensure_installed
+from imgpipe.localstack.layout import DEFAULT_STACK_NAME
+from imgpipe.localstack.stack import StackError, stack_endpoints, stack_status, start_stack, stop_stack
+
+STACK_NAME_ENV = "IMGPIPE_STACK_NAME"
+HandlerFunction = Callable[[argparse.Namespace], int]
 
 
-def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Add this package's subcommands."""
+def _configure_logging() -> None:
+    # Progress lines on stderr, so stdout stays parseable (`eval "$(imgpipe stack env)"`).
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    package_log = logging.getLogger("imgpipe.localstack")
+    if not package_log.handlers:
+        package_log.addHandler(handler)
+    package_log.setLevel(logging.INFO)
+    logging.getLogger("imgpipe.localstack.librdkafka").setLevel(logging.CRITICAL)
+
+
+def _install(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    installation = ensure_installed()
+    print(f"installed in {installation.cache_dir} ({time.monotonic() - started:.1f} s)")
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    endpoints = start_stack(args.name)
+    print(f"stack {args.name} is up ({time.monotonic() - started:.1f} s)", file=sys.stderr)
+    sys.stdout.write(render_exports(endpoints.as_env()))
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    stop_stack(args.name)
+    print(f"stack {args.name} is down")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    status = stack_status(args.name)
+    print(f"stack {status.name} ({status.root})")
+    for component in status.components:
+        pid = f"pid {component.pid}" if component.pid else ""
+        print(f"  {component.component:<9} {component.state:<9} {pid:<11} {component.endpoint or '-'}")
+    return 0 if status.running else 1
+
+
+def _env(args: argparse.Namespace) -> int:
+    endpoints = stack_endpoints(args.name)
+    if endpoints is None:
+        print(f"stack {args.name} is not up: run `imgpipe stack up --name {args.name}`", file=sys.stderr)
+        return 1
+    sys.stdout.write(render_exports(endpoints.as_env()))
+    return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    checks = run_doctor(args.name, os.environ)
+    for check in checks:
+        print(check.line())
+    return 0 if all(check.healthy for check in checks) else 1
+
+
+def _handler(function: HandlerFunction) -> HandlerFunction:
+    """Wrap a command: set up progress logging and turn expected failures into one line and exit 1."""
+
+    def run(args: argparse.Namespace) -> int:
+        _configure_logging()
+        try:
+            return function(args)
+        except (InstallError, StackError, ValueError, TimeoutError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def _add_name(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--name",
+        default=os.environ.get(STACK_NAME_ENV, DEFAULT_STACK_NAME),
+        help=f"state in <cache>/stack-<name>/ (default: ${STACK_NAME_ENV} or {DEFAULT_STACK_NAME})",
+    )
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `stack` (install/up/down/status/env) and `doctor`."""
+    stack = subparsers.add_parser("stack", help="the local stack: real Kafka, Postgres and MinIO processes")
+    actions = stack.add_subparsers(dest="stack_command", required=True, metavar="ACTION")
+    commands = {
+        "install": (_install, "install the servers into the cache (idempotent, quick when cached)"),
+        "up": (_up, "start the stack (a no-op for what runs) and print its endpoints as export lines"),
+        "down": (_down, "stop every server of the stack; data is kept"),
+        "status": (_status, "show what runs; exit 1 unless everything does"),
+        "env": (_env, "print the endpoints as `export IMGPIPE_...=...` lines"),
+    }
+    for action, (function, help_text) in commands.items():
+        parser = actions.add_parser(action, help=help_text, description=help_text)
+        if action != "install":
+            _add_name(parser)
+        parser.set_defaults(handler=_handler(function))
+    doctor = subparsers.add_parser("doctor", help="version, endpoint and health of Kafka, Postgres and S3")
+    _add_name(doctor)
+    doctor.set_defaults(handler=_handler(_doctor))
