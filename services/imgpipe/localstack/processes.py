@@ -70,7 +70,7 @@ def _live_processes() -> dict[int, _ProcStat]:
     return table
 
 
-def _still_alive(processes: dict[int, int]) -> list[int]:
+def still_alive(processes: dict[int, int]) -> list[int]:
     """Which of these pid -> start time pairs still name a live process (not a reused pid)."""
     alive = []
     for pid, start_time in processes.items():
@@ -183,7 +183,7 @@ def stop(record: PidRecord, stop_signal: signal.Signals, grace: float, what: str
 
     def survivors() -> list[int]:
         family.update(record.family())
-        return _still_alive(family)
+        return still_alive(family)
 
     if record.is_running():
         with contextlib.suppress(ProcessLookupError):

@@ -41,6 +41,7 @@ from imgpipe.localstack.waiting import wait_until
 __all__ = [
     "COMPONENTS",
     "ComponentStatus",
+    "components_to_install",
     "Endpoints",
     "StackError",
     "StackStatus",
@@ -79,6 +80,13 @@ def select_backend(
     if choice != "auto":
         raise StackError(f"{BACKEND_ENV} must be auto, local or docker, not {choice!r}")
     return DOCKER if engine_available() else LOCAL
+
+
+def components_to_install(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The components `start_stack` would run as local processes under this environment."""
+    environ = os.environ if environ is None else environ
+    to_run = [c for c in COMPONENTS if c not in external_endpoint_fields(environ)]
+    return to_run if to_run and select_backend(environ) == LOCAL else []
 
 
 def _servers(paths: StackPaths, config: StackConfig, installation: Installation) -> list[LocalServer]:
