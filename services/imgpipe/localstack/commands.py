@@ -1,4 +1,8 @@
-"""`imgpipe stack install|up|down|status|env` and `imgpipe doctor`."""
+"""`imgpipe stack install|up|down|status|env` and `imgpipe doctor`.
+
+The server modules are imported inside the handlers: every `imgpipe` command builds this parser, and
+the clients they pull in (boto3, SQLAlchemy, librdkafka) take a second to import.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,8 @@ import sys
 import time
 from collections.abc import Callable
 
-from imgpipe.localstack.doctor import run_doctor
-from imgpipe.localstack.endpoints import render_exports
-from imgpipe.localstack.install import InstallError, ensure_installed
+from imgpipe.localstack.errors import LocalStackError
 from imgpipe.localstack.layout import DEFAULT_STACK_NAME
-from imgpipe.localstack.stack import StackError, stack_endpoints, stack_status, start_stack, stop_stack
 
 STACK_NAME_ENV = "IMGPIPE_STACK_NAME"
 HandlerFunction = Callable[[argparse.Namespace], int]
@@ -31,6 +32,8 @@ def _configure_logging() -> None:
 
 
 def _install(args: argparse.Namespace) -> int:
+    from imgpipe.localstack.install import ensure_installed
+
     started = time.monotonic()
     installation = ensure_installed()
     print(f"installed in {installation.cache_dir} ({time.monotonic() - started:.1f} s)")
@@ -38,6 +41,9 @@ def _install(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
+    from imgpipe.localstack.endpoints import render_exports
+    from imgpipe.localstack.stack import start_stack
+
     started = time.monotonic()
     endpoints = start_stack(args.name)
     print(f"stack {args.name} is up ({time.monotonic() - started:.1f} s)", file=sys.stderr)
@@ -46,12 +52,16 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
+    from imgpipe.localstack.stack import stop_stack
+
     stop_stack(args.name)
     print(f"stack {args.name} is down")
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
+    from imgpipe.localstack.stack import stack_status
+
     status = stack_status(args.name)
     print(f"stack {status.name} ({status.root})")
     for component in status.components:
@@ -61,6 +71,9 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _env(args: argparse.Namespace) -> int:
+    from imgpipe.localstack.endpoints import render_exports
+    from imgpipe.localstack.stack import stack_endpoints
+
     endpoints = stack_endpoints(args.name)
     if endpoints is None:
         print(f"stack {args.name} is not up: run `imgpipe stack up --name {args.name}`", file=sys.stderr)
@@ -70,6 +83,8 @@ def _env(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
+    from imgpipe.localstack.doctor import run_doctor
+
     checks = run_doctor(args.name, os.environ)
     for check in checks:
         print(check.line())
@@ -83,7 +98,7 @@ def _handler(function: HandlerFunction) -> HandlerFunction:
         _configure_logging()
         try:
             return function(args)
-        except (InstallError, StackError, ValueError, TimeoutError) as error:
+        except (LocalStackError, ValueError, TimeoutError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
 

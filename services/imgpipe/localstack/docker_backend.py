@@ -17,6 +17,7 @@ import subprocess
 
 from imgpipe.localstack.config import StackConfig
 from imgpipe.localstack.endpoints import DEFAULT_BUCKET, DEFAULT_REGION, KAFKA, MINIO, POSTGRES
+from imgpipe.localstack.errors import LocalStackError
 from imgpipe.localstack.layout import StackPaths
 from imgpipe.localstack.parallel import describe_errors, run_parallel
 from imgpipe.localstack.ports import assign_ports
@@ -149,5 +150,5 @@ def start_containers(
     starters = {KAFKA: start_kafka, POSTGRES: start_postgres, MINIO: start_minio}
     fields, errors = run_parallel({component: starters[component] for component in components})
     if errors:
-        raise RuntimeError(describe_errors(errors))
+        raise LocalStackError(describe_errors(errors))
     return fields

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from imgpipe.localstack.endpoints import COMPONENTS, KAFKA, MINIO, POSTGRES
+from imgpipe.localstack.errors import LocalStackError
 from imgpipe.localstack.layout import Installation, cache_dir, file_lock
 from imgpipe.localstack.versions import KAFKA_VERSION, MINIO_MODULE, MINIO_VERSION, POSTGRES_MAJOR
 
@@ -34,7 +35,7 @@ MAVEN_APT_PACKAGE = "maven"
 POSTGRES_APT_PACKAGE = f"postgresql-{POSTGRES_MAJOR}"
 
 
-class InstallError(RuntimeError):
+class InstallError(LocalStackError):
     """A server of the local stack cannot be installed; the message says what to do."""
 
 

@@ -13,6 +13,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from imgpipe.localstack.endpoints import KAFKA
+from imgpipe.localstack.errors import LocalStackError
 from imgpipe.localstack.ports import LOOPBACK, is_port_open
 from imgpipe.localstack.processes import ProcessSpec
 from imgpipe.localstack.server import LocalServer
@@ -98,7 +99,7 @@ def metadata_ready(bootstrap_servers: str) -> bool:
 def _java() -> str:
     java = shutil.which("java")
     if java is None:
-        raise RuntimeError(
+        raise LocalStackError(
             "java is not on PATH: run `imgpipe stack install` (it installs openjdk-17 as root)"
         )
     return java
@@ -156,7 +157,7 @@ class KafkaServer(LocalServer):
             check=False,
         )
         if result.returncode != 0:
-            raise RuntimeError(f"formatting Kafka storage failed:\n{result.stdout}{result.stderr}")
+            raise LocalStackError(f"formatting Kafka storage failed:\n{result.stdout}{result.stderr}")
 
     def process(self) -> ProcessSpec:
         return ProcessSpec(

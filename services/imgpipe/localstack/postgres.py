@@ -16,6 +16,7 @@ from psycopg import sql
 from sqlalchemy.pool import NullPool
 
 from imgpipe.localstack.endpoints import POSTGRES
+from imgpipe.localstack.errors import LocalStackError
 from imgpipe.localstack.ports import LOOPBACK
 from imgpipe.localstack.processes import ProcessSpec
 from imgpipe.localstack.server import LocalServer
@@ -90,7 +91,7 @@ def _check_reachable(path: Path, user: str) -> None:
     for parent in path.parents:
         mode = parent.stat()
         if mode.st_uid != uid and not mode.st_mode & stat.S_IXOTH:
-            raise RuntimeError(
+            raise LocalStackError(
                 f"the {user} user cannot enter {parent}: set IMGPIPE_CACHE_DIR to a directory it can reach "
                 "(e.g. /var/tmp/imgpipe)"
             )
@@ -133,7 +134,7 @@ class PostgresServer(LocalServer):
             extra_groups=[] if user else None,
         )
         if result.returncode != 0:
-            raise RuntimeError(f"initdb failed:\n{result.stdout}{result.stderr}")
+            raise LocalStackError(f"initdb failed:\n{result.stdout}{result.stderr}")
 
     def process(self) -> ProcessSpec:
         return ProcessSpec(

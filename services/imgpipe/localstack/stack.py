@@ -28,6 +28,7 @@ from imgpipe.localstack.endpoints import (
     parse_env_file,
     render_env_file,
 )
+from imgpipe.localstack.errors import LocalStackError
 from imgpipe.localstack.install import ensure_installed
 from imgpipe.localstack.kafka import KafkaServer
 from imgpipe.localstack.layout import DEFAULT_STACK_NAME, Installation, StackPaths, cache_dir, file_lock
@@ -41,10 +42,10 @@ from imgpipe.localstack.waiting import wait_until
 __all__ = [
     "COMPONENTS",
     "ComponentStatus",
-    "components_to_install",
     "Endpoints",
     "StackError",
     "StackStatus",
+    "components_to_install",
     "ensure_installed",
     "select_backend",
     "stack_endpoints",
@@ -62,7 +63,7 @@ SERVER_CLASSES: dict[str, type[LocalServer]] = {
 }
 
 
-class StackError(RuntimeError):
+class StackError(LocalStackError):
     """The stack could not be started or stopped; the message names the component and its log."""
 
 
