@@ -18,7 +18,7 @@ KEEP_STACK_ENV = "IMGPIPE_KEEP_STACK"
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Install before any test runs: a cold install (minutes) must not count against one test's timeout."""
     if any(item.get_closest_marker("integration") for item in session.items):
-        ensure_installed(components_to_install())
+        ensure_installed(components_to_install(TEST_STACK))
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +34,7 @@ def stack(stack_name: str) -> Iterator[Endpoints]:
     Stopped at the end only if this session started it; IMGPIPE_KEEP_STACK=1 keeps it for the next run
     (a warm `start_stack` on an up stack is a no-op of a second or so).
     """
-    ensure_installed(components_to_install())
+    ensure_installed(components_to_install(stack_name))
     already_running = stack_status(stack_name).running
     endpoints = start_stack(stack_name)
     yield endpoints

@@ -83,10 +83,35 @@ def select_backend(
     return DOCKER if engine_available() else LOCAL
 
 
-def components_to_install(environ: Mapping[str, str] | None = None) -> list[str]:
-    """The components `start_stack` would run as local processes under this environment."""
+def external_components(paths: StackPaths, environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """Components the environment points elsewhere, with the Endpoints fields it gives for them.
+
+    A variable naming this stack's own local endpoint (a shell that sourced `imgpipe stack env`) does
+    not make its component external: `up` starts it as usual instead of silently starting nothing.
+    """
+    config = load_config(paths)
+    own: dict[str, dict[str, str]] = {}
+    if config is not None and config.backend == LOCAL:
+        installation = Installation(cache_dir())
+        for server in _servers(paths, config, installation):
+            if all(name in config.ports for name in server.port_names):
+                own[server.component] = server.endpoint_fields()
+    external = {}
+    for component, fields in external_endpoint_fields(environ).items():
+        if own.get(component, {}).items() >= fields.items():
+            log.debug("%s: %s names this stack's own server", component, EXTERNAL_SELECTORS[component])
+        else:
+            external[component] = fields
+    return external
+
+
+def components_to_install(
+    name: str = DEFAULT_STACK_NAME, environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """The components `start_stack(name)` would run as local processes under this environment."""
     environ = os.environ if environ is None else environ
-    to_run = [c for c in COMPONENTS if c not in external_endpoint_fields(environ)]
+    external = external_components(StackPaths.for_stack(name), environ)
+    to_run = [c for c in COMPONENTS if c not in external]
     return to_run if to_run and select_backend(environ) == LOCAL else []
 
 
@@ -194,7 +219,7 @@ def start_stack(name: str = DEFAULT_STACK_NAME, environ: Mapping[str, str] | Non
     """
     environ = os.environ if environ is None else environ
     paths = StackPaths.for_stack(name)
-    external = external_endpoint_fields(environ)
+    external = external_components(paths, environ)
     for component in external:
         log.info("%s: external, not started (%s is set)", component, EXTERNAL_SELECTORS[component])
     to_run = [component for component in COMPONENTS if component not in external]
