@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from imgpipe.localstack import kafka, minio, postgres
-from imgpipe.localstack.config import new_kafka_cluster_id
+from imgpipe.localstack.config import StackConfig, new_kafka_cluster_id, save_config
 from imgpipe.localstack.endpoints import (
     Endpoints,
     ExternalEndpointError,
@@ -27,7 +27,7 @@ from imgpipe.localstack.install import KAFKA_POM, MARKER_NAME, is_installed, par
 from imgpipe.localstack.layout import CACHE_DIR_ENV, Installation, StackPaths, cache_dir
 from imgpipe.localstack.ports import assign_ports, is_port_free
 from imgpipe.localstack.processes import PidRecord, read_pid_file
-from imgpipe.localstack.stack import BACKEND_ENV, StackError, select_backend
+from imgpipe.localstack.stack import BACKEND_ENV, StackError, external_components, select_backend
 from imgpipe.localstack.versions import KAFKA_VERSION, MINIO_MODULE, MINIO_VERSION
 from imgpipe.localstack.waiting import wait_until
 
@@ -296,3 +296,14 @@ def test_a_cached_install_needs_its_marker(tmp_path: Path) -> None:
 
 def test_postgres_is_stopped_with_fast_shutdown() -> None:
     assert postgres.PostgresServer.stop_signal == signal.SIGINT  # what `pg_ctl stop -m fast` sends
+
+
+def test_a_variable_naming_the_stacks_own_server_does_not_make_it_external(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path))
+    paths = StackPaths.for_stack("own")
+    save_config(paths, StackConfig(ports={"kafka": 19092, "kafka_controller": 19093}, backend="local"))
+    assert external_components(paths, {"IMGPIPE_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:19092"}) == {}
+    elsewhere = external_components(paths, {"IMGPIPE_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:29092"})
+    assert elsewhere == {"kafka": {"kafka_bootstrap_servers": "127.0.0.1:29092"}}

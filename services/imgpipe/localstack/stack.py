@@ -150,11 +150,10 @@ def _start_server(server: LocalServer) -> bool:
         paths.pid_file(name).unlink(missing_ok=True)
     started_at = time.monotonic()
     server.prepare()
-    record = processes.spawn(server.process(), paths.log_file(name), paths.pid_file(name))
-    started_record = record
+    spawned = processes.spawn(server.process(), paths.log_file(name), paths.pid_file(name))
 
     def ready_or_dead() -> bool:
-        if not started_record.is_running():
+        if not spawned.is_running():
             raise StackError(f"{name} exited while starting; see {_log_tail(paths, name)}")
         return server.is_ready()
 
@@ -162,13 +161,13 @@ def _start_server(server: LocalServer) -> bool:
         wait_until(ready_or_dead, READY_TIMEOUT_SECONDS, f"{name} to be ready")
         server.bootstrap()
     except BaseException:
-        processes.stop(record, server.stop_signal, server.stop_grace_seconds, name)
+        processes.stop(spawned, server.stop_signal, server.stop_grace_seconds, name)
         paths.pid_file(name).unlink(missing_ok=True)
         raise
     log.info(
         "%s: started (pid %d) on %s in %.1f s",
         name,
-        record.pid,
+        spawned.pid,
         server.address,
         time.monotonic() - started_at,
     )
