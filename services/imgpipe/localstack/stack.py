@@ -291,7 +291,8 @@ def stack_status(name: str = DEFAULT_STACK_NAME) -> StackStatus:
     endpoints = stack_endpoints(name)
     statuses = []
     for component, server_class in SERVER_CLASSES.items():
-        source = config.sources.get(component, LOCAL)
+        # Sources describe the last `up`; once the stack is down, only its own servers matter.
+        source = config.sources.get(component, LOCAL) if endpoints else LOCAL
         server = server_class(paths, config, Installation(cache_dir()))
         endpoint = server.address if config.ports.get(server_class.port_names[0]) else None
         if source == EXTERNAL:
