@@ -1,0 +1,1 @@
+"""Generated from proto/imgpipe/v1 by `python -m imgpipe.contracts.codegen`."""
