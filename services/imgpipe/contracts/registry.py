@@ -4,8 +4,8 @@ partition counts, keys, value types and topic configs are written down.
 Code asks for topics by `TopicKey`, never by name:
 
     registry = default_registry()
-    registry.name(TopicKey.DETECT)          # "imgpipe.tasks.detect.v1"
-    message_class(registry.topic(TopicKey.DETECT).value_type)   # imgpipe.v1.TaskEnvelope
+    registry.name(TopicKey.DETECT)                  # the detect topic's name, from tasks-detect.yaml
+    registry.topic(TopicKey.DETECT).value_type      # "imgpipe.v1.TaskEnvelope"; see message_class()
 
 Loading validates every file against schemas/topic.schema.json, then checks what a schema cannot:
 the file set matches `TopicKey`, names are unique, value types exist in the generated code and JSON
