@@ -15,10 +15,7 @@ pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
 # A topic name: one of the registry's prefixes, then segments ending in a version. The version keeps
 # module paths (a package imgpipe/callback/ is imported as imgpipe.callback.x) from matching.
-TOPIC_NAME = re.compile(
-    r"imgpipe\.(?:tasks|callback|retry|deadletter)\.(?:[a-z0-9-]+\.)*v[0-9]+\b|"
-    r"imgpipe\.deadletter\.v[0-9]+\b"
-)
+TOPIC_NAME = re.compile(r"imgpipe\.(?:tasks|callback|retry|deadletter)\.(?:[a-z0-9-]+\.)*v[0-9]+\b")
 
 
 def allowed(path: str) -> bool:
