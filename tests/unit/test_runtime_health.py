@@ -1,5 +1,6 @@
 import httpx
 import pytest
+
 from imgpipe.runtime.health import Health
 
 pytestmark = pytest.mark.unit

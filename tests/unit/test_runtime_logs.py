@@ -2,6 +2,7 @@ import json
 import logging
 
 import pytest
+
 from imgpipe.runtime.logs import configure_logging, log_context
 
 pytestmark = pytest.mark.unit

@@ -1,4 +1,5 @@
 import pytest
+
 from imgpipe.runtime.consumer import FailureRouting, RetryTier
 
 pytestmark = pytest.mark.unit

@@ -1,4 +1,5 @@
 import pytest
+
 from imgpipe.runtime.settings import RuntimeSettings, SettingsError, load_settings
 
 pytestmark = pytest.mark.unit

@@ -128,11 +128,13 @@ class Registry:
 
 
 def schemas_dir() -> Path:
-    """$IMGPIPE_SCHEMAS_DIR, else the repository's schemas/ (three levels above this package)."""
+    """$IMGPIPE_SCHEMAS_DIR, else the copy a wheel carries (imgpipe/_schemas), else the
+    repository's schemas/ (three levels above this package, for an editable install)."""
     configured = os.environ.get(SCHEMAS_DIR_ENV)
     if configured:
         return Path(configured)
-    return Path(__file__).resolve().parents[3] / "schemas"
+    packaged = Path(__file__).resolve().parents[1] / "_schemas"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[3] / "schemas"
 
 
 @functools.cache

@@ -107,6 +107,9 @@ def build_producer(settings: RuntimeSettings, client_id: str) -> Producer:
             "partitioner": "murmur2_random",
             "linger.ms": 5,
             "compression.type": "lz4",
+            # Inline images make submit messages (and their retry and dead-letter copies) large;
+            # the topics' own max.message.bytes (schemas/topics) is the real limit.
+            "message.max.bytes": 16 * 1024 * 1024,
         }
     )
 

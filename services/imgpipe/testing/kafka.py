@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from imgpipe.localstack.waiting import wait_until
 from imgpipe.runtime.kafka import Received
 
 
@@ -17,6 +18,8 @@ def unique_topic(prefix: str) -> str:
 
 
 def create_topics(bootstrap_servers: str, partitions_by_topic: Mapping[str, int]) -> None:
+    """Create topics and wait until every partition has a leader. Producing to a partition the
+    broker has not applied yet can reorder the first batches (KAFKA-15591)."""
     admin = AdminClient({"bootstrap.servers": bootstrap_servers})
     futures = admin.create_topics(
         [
@@ -26,6 +29,17 @@ def create_topics(bootstrap_servers: str, partitions_by_topic: Mapping[str, int]
     )
     for future in futures.values():
         future.result(timeout=30)
+
+    def all_led() -> bool:
+        topics = admin.list_topics(timeout=10).topics
+        return all(
+            name in topics
+            and len(topics[name].partitions) == count
+            and all(p.leader >= 0 for p in topics[name].partitions.values())
+            for name, count in partitions_by_topic.items()
+        )
+
+    wait_until(all_led, timeout=30, what=f"leaders for {sorted(partitions_by_topic)}")
 
 
 def produce(

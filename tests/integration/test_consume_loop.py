@@ -1,0 +1,253 @@
+"""The shared consume loop against the real broker: dead letters, retry tiers, signals, kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imgpipe.localstack.waiting import wait_until
+from imgpipe.runtime.consumer import ConsumeLoop, FailureRouting, PoisonMessage, RetryTier, TransientError
+from imgpipe.runtime.kafka import (
+    DEAD_LETTER_GROUP_HEADER,
+    DEAD_LETTER_REASON_HEADER,
+    ORIGIN_OFFSET_HEADER,
+    ORIGIN_PARTITION_HEADER,
+    ORIGIN_TOPIC_HEADER,
+    Forward,
+    Record,
+    build_producer,
+)
+from imgpipe.runtime.settings import RuntimeSettings
+from imgpipe.runtime.telemetry import configure_tracing
+from imgpipe.testing.kafka import create_topics, produce, read_topic, unique_topic, values
+
+pytestmark = pytest.mark.integration
+
+WORKER = Path(__file__).with_name("forwarding_worker.py")
+
+
+@dataclass(frozen=True)
+class Topics:
+    source: str
+    out: str
+    tier_a: str
+    tier_b: str
+    dead_letter: str
+    group: str
+
+    def routing(self, delay_seconds: float) -> FailureRouting:
+        return FailureRouting(
+            retry_tiers=(RetryTier(self.tier_a, delay_seconds), RetryTier(self.tier_b, delay_seconds)),
+            dead_letter_topic=self.dead_letter,
+        )
+
+
+@pytest.fixture
+def topics(stack: Any) -> Topics:
+    names = Topics(*(unique_topic(part) for part in ("in", "out", "tier-a", "tier-b", "dlq", "group")))
+    create_topics(
+        stack.kafka_bootstrap_servers,
+        {names.source: 2, names.out: 1, names.tier_a: 1, names.tier_b: 1, names.dead_letter: 1},
+    )
+    return names
+
+
+@pytest.fixture
+def run_loop(stack: Any, topics: Topics) -> Iterator[Callable[..., ConsumeLoop]]:
+    """Start a ConsumeLoop in a thread; stopped and joined at the end of the test."""
+    started: list[tuple[ConsumeLoop, threading.Thread]] = []
+
+    def start(handler: Callable[[Record], list[Forward]], retry_delay_seconds: float = 1.0) -> ConsumeLoop:
+        settings = RuntimeSettings(
+            kafka_bootstrap_servers=stack.kafka_bootstrap_servers, consumer_poll_seconds=0.1
+        )
+        loop = ConsumeLoop(
+            settings=settings,
+            group_id=topics.group,
+            topics=[topics.source],
+            handler=handler,
+            producer=build_producer(settings, "test"),
+            routing=topics.routing(retry_delay_seconds),
+        )
+        thread = threading.Thread(target=loop.run, daemon=True)
+        thread.start()
+        started.append((loop, thread))
+        return loop
+
+    yield start
+    for loop, thread in started:
+        loop.stop()
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "consume loop did not stop"
+
+
+def test_poison_message_is_dead_lettered_and_the_partition_keeps_flowing(
+    stack: Any, topics: Topics, run_loop: Callable[..., ConsumeLoop]
+) -> None:
+    def handler(record: Record) -> list[Forward]:
+        if record.value == b"poison":
+            raise PoisonMessage("cannot decode")
+        return [Forward(topics.out, record.value, key=record.key)]
+
+    batch = [b"ok-0", b"poison", b"ok-1", b"ok-2", b"ok-3"]
+    produce(stack.kafka_bootstrap_servers, topics.source, [(b"same-key", v) for v in batch], partition=0)
+    run_loop(handler)
+
+    forwarded = read_topic(stack.kafka_bootstrap_servers, topics.out, lambda seen: len(seen) >= 4)
+    assert values(forwarded) == [b"ok-0", b"ok-1", b"ok-2", b"ok-3"]
+    (dead,) = read_topic(stack.kafka_bootstrap_servers, topics.dead_letter, lambda seen: len(seen) >= 1)
+    assert dead.value == b"poison"
+    assert "cannot decode" in (dead.header(DEAD_LETTER_REASON_HEADER) or "")
+    assert dead.header(ORIGIN_TOPIC_HEADER) == topics.source
+    assert dead.header(ORIGIN_PARTITION_HEADER) == "0"
+    assert dead.header(ORIGIN_OFFSET_HEADER) == "1"
+    assert dead.header(DEAD_LETTER_GROUP_HEADER) == topics.group
+
+
+def test_transient_failure_is_retried_through_a_tier_without_blocking_the_partition(
+    stack: Any, topics: Topics, run_loop: Callable[..., ConsumeLoop]
+) -> None:
+    def handler(record: Record) -> list[Forward]:
+        if record.value == b"flaky" and record.attempt == 1:
+            raise TransientError("object store unavailable")
+        return [Forward(topics.out, record.value, key=record.key, headers={"attempt": str(record.attempt)})]
+
+    batch = [b"flaky", b"next-1", b"next-2"]
+    produce(stack.kafka_bootstrap_servers, topics.source, [(b"k", v) for v in batch], partition=0)
+    run_loop(handler, retry_delay_seconds=2.0)
+
+    forwarded = read_topic(stack.kafka_bootstrap_servers, topics.out, lambda seen: len(seen) >= 3)
+    # The messages behind the failed one went through first; the retry came back on attempt 2.
+    assert values(forwarded) == [b"next-1", b"next-2", b"flaky"]
+    assert forwarded[-1].header("attempt") == "2"
+
+
+def test_a_message_failing_every_tier_is_dead_lettered_with_the_last_error(
+    stack: Any, topics: Topics, run_loop: Callable[..., ConsumeLoop]
+) -> None:
+    def handler(record: Record) -> list[Forward]:
+        if record.value == b"always-fails":
+            raise TransientError(f"still down on attempt {record.attempt}")
+        return [Forward(topics.out, record.value)]
+
+    produce(
+        stack.kafka_bootstrap_servers, topics.source, [(b"k", b"always-fails"), (b"k", b"fine")], partition=0
+    )
+    run_loop(handler, retry_delay_seconds=0.2)
+
+    (dead,) = read_topic(stack.kafka_bootstrap_servers, topics.dead_letter, lambda seen: len(seen) >= 1)
+    reason = dead.header(DEAD_LETTER_REASON_HEADER) or ""
+    assert reason.startswith("retries exhausted after 3 attempts")
+    assert "still down on attempt 3" in reason
+    assert dead.header(ORIGIN_TOPIC_HEADER) == topics.source
+    assert values(read_topic(stack.kafka_bootstrap_servers, topics.out, lambda seen: len(seen) >= 1)) == [
+        b"fine"
+    ]
+
+
+def test_forwards_continue_the_incoming_trace(
+    stack: Any, topics: Topics, run_loop: Callable[..., ConsumeLoop]
+) -> None:
+    configure_tracing("test")
+    trace_id, parent_span_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    traceparent = f"00-{trace_id}-{parent_span_id}-01"
+    produce(
+        stack.kafka_bootstrap_servers,
+        topics.source,
+        [(b"k", b"traced")],
+        headers={"traceparent": traceparent},
+    )
+    run_loop(lambda record: [Forward(topics.out, record.value)])
+
+    (forwarded,) = read_topic(stack.kafka_bootstrap_servers, topics.out, lambda seen: len(seen) >= 1)
+    _, forwarded_trace_id, forwarded_span_id, _ = (forwarded.header("traceparent") or "").split("-")
+    assert forwarded_trace_id == trace_id  # one task, one trace
+    assert forwarded_span_id != parent_span_id  # the child is this service's processing span
+
+
+# -- a real worker process: SIGTERM and kill -9 ----------------------------------------------
+
+
+def _start_worker(stack: Any, topics: Topics, markers: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "IMGPIPE_KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap_servers,
+        "IMGPIPE_HEALTH_PORT": "0",
+        "IMGPIPE_CONSUMER_POLL_SECONDS": "0.1",
+        "IMGPIPE_CONSUMER_BATCH_SIZE": "5",
+        "WORKER_IN_TOPIC": topics.source,
+        "WORKER_OUT_TOPIC": topics.out,
+        "WORKER_TIER_TOPIC": topics.tier_a,
+        "WORKER_DEAD_LETTER_TOPIC": topics.dead_letter,
+        "WORKER_GROUP": topics.group,
+        "WORKER_MARKER_DIR": str(markers),
+    }
+    return subprocess.Popen([sys.executable, str(WORKER)], env=env)
+
+
+def _messages_with_one_blocker() -> list[tuple[bytes, bytes]]:
+    # All on one key, so one partition and a fixed order: the blocker sits mid-batch.
+    return (
+        [(b"k", f"m-{i}".encode()) for i in range(5)]
+        + [(b"k", b"block-1")]
+        + [(b"k", f"m-{i}".encode()) for i in range(5, 20)]
+    )
+
+
+def test_sigterm_during_handling_finishes_the_message_and_loses_nothing(
+    stack: Any, topics: Topics, tmp_path: Path
+) -> None:
+    sent = _messages_with_one_blocker()
+    produce(stack.kafka_bootstrap_servers, topics.source, sent)
+    first = _start_worker(stack, topics, tmp_path)
+    wait_until(lambda: (tmp_path / "started-block-1").exists(), timeout=60, what="handler to start block-1")
+
+    first.send_signal(signal.SIGTERM)
+    (tmp_path / "release").touch()
+    assert first.wait(timeout=60) == 0
+
+    forwarded_by_first = read_topic(
+        stack.kafka_bootstrap_servers, topics.out, lambda seen: b"block-1" in values(seen)
+    )
+    second = _start_worker(stack, topics, tmp_path)
+    try:
+        everything = read_topic(
+            stack.kafka_bootstrap_servers, topics.out, lambda seen: len(set(values(seen))) >= 21
+        )
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=60) == 0
+    assert sorted(set(values(everything))) == sorted(value for _, value in sent)
+    # A graceful stop stored the offsets of everything the first worker forwarded: no replays.
+    assert len(values(everything)) == len(sent)
+    assert b"block-1" in values(forwarded_by_first)
+
+
+def test_kill_9_during_handling_loses_nothing(stack: Any, topics: Topics, tmp_path: Path) -> None:
+    sent = _messages_with_one_blocker()
+    produce(stack.kafka_bootstrap_servers, topics.source, sent)
+    first = _start_worker(stack, topics, tmp_path)
+    wait_until(lambda: (tmp_path / "started-block-1").exists(), timeout=60, what="handler to start block-1")
+
+    first.kill()
+    first.wait(timeout=30)
+    (tmp_path / "release").touch()
+    second = _start_worker(stack, topics, tmp_path)
+    try:
+        everything = read_topic(
+            stack.kafka_bootstrap_servers, topics.out, lambda seen: len(set(values(seen))) >= 21
+        )
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=60) == 0
+    # At least once: every message arrived; replays of the killed batch are allowed.
+    assert sorted(set(values(everything))) == sorted(value for _, value in sent)
