@@ -184,6 +184,8 @@ def _start_worker(stack: Any, topics: Topics, markers: Path) -> subprocess.Popen
         "IMGPIPE_HEALTH_PORT": "0",
         "IMGPIPE_CONSUMER_POLL_SECONDS": "0.1",
         "IMGPIPE_CONSUMER_BATCH_SIZE": "5",
+        # A killed member's partitions move after the session timeout; keep the wait short.
+        "IMGPIPE_KAFKA_CLIENT_CONFIG": '{"session.timeout.ms": "6000", "heartbeat.interval.ms": "1000"}',
         "WORKER_IN_TOPIC": topics.source,
         "WORKER_OUT_TOPIC": topics.out,
         "WORKER_TIER_TOPIC": topics.tier_a,
