@@ -1,0 +1,301 @@
+"""The HTTP API (FastAPI): submit, batch submit, get (with Prefer: wait), cancel, list.
+
+Errors are RFC 7807 problem+json. Every /v1 route needs a tenant API key (`Authorization: Bearer`
+or `X-API-Key`); submits are limited per tenant by token buckets, the batch route by its own,
+stricter one, answering 429 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from prometheus_client import Counter, Histogram, make_asgi_app
+from sqlalchemy import and_, or_, select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from imgpipe.ingest.accept import ImageTooLarge, NewTask, TaskAcceptor
+from imgpipe.ingest.models import (
+    BatchView,
+    CallbackView,
+    SubmitBatch,
+    SubmitTask,
+    TaskErrorView,
+    TaskPage,
+    TaskView,
+)
+from imgpipe.ingest.problems import Problem, install_problem_handlers
+from imgpipe.ingest.settings import IngestSettings
+from imgpipe.ingest.tenants import ApiKeyAuthenticator, TenantLimits
+from imgpipe.ingest.terminate import request_cancel
+from imgpipe.objects import ObjectStore
+from imgpipe.ratelimit import KeyedLimiter
+from imgpipe.store.models import Task, TaskState
+
+REQUESTS = Counter("imgpipe_api_submits_total", "Task submissions by route and outcome", ["route", "outcome"])
+WAIT_SECONDS = Histogram("imgpipe_api_prefer_wait_seconds", "Time GET /v1/tasks/{id} held for Prefer: wait")
+
+
+@dataclass(frozen=True)
+class ApiDependencies:
+    settings: IngestSettings
+    sessions: sessionmaker[Session]
+    objects: ObjectStore
+    acceptor: TaskAcceptor
+    authenticator: ApiKeyAuthenticator
+    limiter: KeyedLimiter
+    result_topic: str
+
+
+def create_app(deps: ApiDependencies) -> FastAPI:
+    app = FastAPI(
+        title="imgpipe",
+        version="1",
+        description="Submit AI image edits (detect a pet, restyle from a prompt, remove the background).",
+    )
+    install_problem_handlers(app)
+    app.mount("/metrics", make_asgi_app())
+
+    def tenant(
+        authorization: Annotated[str | None, Header()] = None,
+        x_api_key: Annotated[str | None, Header()] = None,
+    ) -> TenantLimits:
+        api_key = x_api_key
+        if authorization and authorization.lower().startswith("bearer "):
+            api_key = authorization[7:].strip()
+        limits = deps.authenticator.authenticate(api_key) if api_key else None
+        if limits is None:
+            raise Problem(
+                401, "unauthenticated", "a valid API key is required", {"WWW-Authenticate": "Bearer"}
+            )
+        return limits
+
+    Tenant = Annotated[TenantLimits, Depends(tenant)]
+
+    def limit(bucket: str, rate: float, burst: float) -> None:
+        wait = deps.limiter.try_acquire(bucket, rate, burst)
+        if wait > 0:
+            REQUESTS.labels(bucket.rsplit(":", 1)[-1], "rate_limited").inc()
+            raise Problem(
+                429,
+                "rate_limited",
+                f"rate limit of {rate:g}/s exceeded",
+                {"Retry-After": str(max(1, math.ceil(wait)))},
+            )
+
+    def view(task: Task) -> TaskView:
+        return task_view(task, deps.objects, deps.settings.result_url_ttl_seconds)
+
+    def accept_one(tenant_id: str, new: NewTask, batch_id: uuid.UUID | None = None) -> tuple[Task, bool]:
+        try:
+            return deps.acceptor.accept(tenant_id, new, batch_id)
+        except ImageTooLarge as exc:
+            raise Problem(413, "image_too_large", str(exc)) from None
+
+    @app.post("/v1/tasks", status_code=202, response_model=TaskView, tags=["tasks"])
+    def submit_task(
+        body: SubmitTask,
+        limits: Tenant,
+        response: Response,
+        idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    ) -> TaskView:
+        """Submit one task. A repeated Idempotency-Key returns the task it first created (200)."""
+        limit(f"{limits.tenant_id}:submit", limits.rate_per_second, limits.burst)
+        task, created = accept_one(limits.tenant_id, new_task(body, idempotency_key))
+        response.status_code = 202 if created else 200
+        response.headers["Location"] = f"/v1/tasks/{task.id}"
+        REQUESTS.labels("submit", "accepted" if created else "duplicate").inc()
+        return view(task)
+
+    @app.post("/v1/tasks:batch", status_code=202, response_model=BatchView, tags=["tasks"])
+    def submit_batch(body: SubmitBatch, limits: Tenant) -> BatchView:
+        """Submit many tasks sharing one callback URL, as the old batch endpoint did."""
+        if len(body.tasks) > deps.settings.max_batch_tasks:
+            raise Problem(413, "batch_too_large", f"at most {deps.settings.max_batch_tasks} tasks per batch")
+        limit(f"{limits.tenant_id}:batch", limits.batch_rate_per_second, limits.batch_burst)
+        batch_id = uuid.uuid4()
+        tasks = []
+        for item in body.tasks:
+            single = SubmitTask(
+                prompt=item.prompt,
+                image_url=item.image_url,
+                image_base64=item.image_base64,
+                metadata=item.metadata,
+                callback_url=body.callback_url,
+                callback_mode=body.callback_mode,
+                include_inline_result=body.include_inline_result,
+            )
+            task, _ = accept_one(limits.tenant_id, new_task(single, item.idempotency_key), batch_id)
+            tasks.append(view(task))
+        REQUESTS.labels("batch", "accepted").inc()
+        return BatchView(batch_id=batch_id, tasks=tasks)
+
+    @app.get("/v1/tasks/{task_id}", response_model=TaskView, tags=["tasks"])
+    async def get_task(
+        task_id: uuid.UUID, limits: Tenant, prefer: Annotated[str | None, Header()] = None
+    ) -> TaskView:
+        """One task. `Prefer: wait=N` holds the answer until the task ends or N seconds pass."""
+        wait = min(prefer_wait_seconds(prefer), deps.settings.prefer_wait_max_seconds)
+        deadline = time.monotonic() + wait
+        interval = 0.05
+        with WAIT_SECONDS.time():
+            while True:
+                task = await run_in_threadpool(load_task, deps.sessions, limits.tenant_id, task_id)
+                if task.state.is_terminal or time.monotonic() >= deadline:
+                    return view(task)
+                # Polling with backoff keeps the API stateless; a task ends at most once.
+                await asyncio.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+                interval = min(interval * 2, 1.0)
+
+    @app.post("/v1/tasks/{task_id}/cancel", status_code=202, response_model=TaskView, tags=["tasks"])
+    def cancel_task(task_id: uuid.UUID, limits: Tenant) -> TaskView:
+        """Cancel a task; stages honour it at their next boundary. A finished task is a 409."""
+        task = request_cancel(deps.sessions, deps.result_topic, limits.tenant_id, task_id)
+        if task is None:
+            raise Problem(404, "not_found", f"no task {task_id}")
+        if task.state is not TaskState.CANCELED:
+            raise Problem(409, "already_finished", f"task {task_id} already ended as {task.state.value}")
+        return view(task)
+
+    @app.get("/v1/tasks", response_model=TaskPage, tags=["tasks"])
+    def list_tasks(
+        limits: Tenant,
+        state: TaskState | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        page_size: Annotated[int, Query(ge=1, le=200)] = 50,
+        page_token: str | None = None,
+    ) -> TaskPage:
+        """The tenant's tasks, newest first, filtered by state and creation time."""
+        query = select(Task).where(Task.tenant_id == limits.tenant_id)
+        if state is not None:
+            query = query.where(Task.state == state)
+        if created_after is not None:
+            query = query.where(Task.created_at >= created_after)
+        if created_before is not None:
+            query = query.where(Task.created_at < created_before)
+        if page_token:
+            cursor_time, cursor_id = decode_page_token(page_token)
+            query = query.where(
+                or_(Task.created_at < cursor_time, and_(Task.created_at == cursor_time, Task.id < cursor_id))
+            )
+        query = query.order_by(Task.created_at.desc(), Task.id.desc()).limit(page_size + 1)
+        with deps.sessions() as session:
+            tasks = list(session.scalars(query))
+        next_token = encode_page_token(tasks[page_size - 1]) if len(tasks) > page_size else None
+        return TaskPage(tasks=[view(task) for task in tasks[:page_size]], next_page_token=next_token)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz(response: Response) -> dict[str, dict[str, bool]]:
+        checks = {"postgres": database_reachable(deps.sessions), "s3": deps.objects.is_reachable()}
+        response.status_code = 200 if all(checks.values()) else 503
+        return {"checks": checks}
+
+    @app.middleware("http")
+    async def no_store(request: Request, call_next):  # type: ignore[no-untyped-def]
+        response = await call_next(request)
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    return app
+
+
+def new_task(body: SubmitTask, idempotency_key: str | None) -> NewTask:
+    try:
+        image_bytes = body.inline_bytes()
+    except ValueError as exc:
+        raise Problem(422, "invalid_request", str(exc)) from None
+    return NewTask(
+        prompt=body.prompt,
+        image_url=str(body.image_url) if body.image_url else None,
+        image_bytes=image_bytes,
+        callback_url=str(body.callback_url) if body.callback_url else None,
+        callback_mode=body.callback_mode.value,
+        include_inline_result=body.include_inline_result,
+        metadata=body.metadata,
+        idempotency_key=idempotency_key,
+    )
+
+
+def load_task(sessions: sessionmaker[Session], tenant_id: str, task_id: uuid.UUID) -> Task:
+    with sessions() as session:
+        task = session.scalars(
+            select(Task).where(Task.id == task_id, Task.tenant_id == tenant_id)
+        ).one_or_none()
+    if task is None:
+        raise Problem(404, "not_found", f"no task {task_id}")
+    return task
+
+
+def task_view(task: Task, objects: ObjectStore, url_ttl_seconds: int) -> TaskView:
+    result_url = None
+    if task.state is TaskState.SUCCEEDED and task.result_object_key:
+        result_url = objects.presigned_get_url(task.result_object_key, url_ttl_seconds)
+    return TaskView(
+        id=task.id,
+        state=task.state.value,
+        stage=task.stage,
+        progress=task.progress,
+        prompt=task.prompt,
+        error=TaskErrorView(code=task.error_code, message=task.error_message or "")
+        if task.error_code
+        else None,
+        created_at=task.created_at,
+        started_at=task.started_at,
+        completed_at=task.completed_at,
+        processing_ms=task.processing_ms,
+        result_url=result_url,
+        callback=CallbackView(
+            url=task.callback_url,
+            mode=task.callback_mode,  # type: ignore[arg-type]
+            status=task.callback_status.value,
+        ),
+        metadata=task.metadata_,
+        batch_id=task.batch_id,
+    )
+
+
+def prefer_wait_seconds(prefer: str | None) -> float:
+    """`Prefer: wait=N` (RFC 7240); anything else means do not wait."""
+    for preference in (prefer or "").split(","):
+        name, _, value = preference.strip().partition("=")
+        if name.strip().lower() == "wait":
+            try:
+                return max(0.0, float(value.strip()))
+            except ValueError:
+                return 0.0
+    return 0.0
+
+
+def encode_page_token(task: Task) -> str:
+    return base64.urlsafe_b64encode(f"{task.created_at.isoformat()}|{task.id}".encode()).decode()
+
+
+def decode_page_token(token: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        created_at, task_id = base64.urlsafe_b64decode(token.encode()).decode().split("|")
+        return datetime.fromisoformat(created_at), uuid.UUID(task_id)
+    except (ValueError, binascii.Error):
+        raise Problem(400, "invalid_page_token", "page_token is not one this API issued") from None
+
+
+def database_reachable(sessions: sessionmaker[Session]) -> bool:
+    try:
+        with sessions() as session:
+            session.execute(text("SELECT 1"))
+    except Exception:
+        return False
+    return True
