@@ -11,13 +11,16 @@ import sys
 from collections.abc import Callable, Sequence
 
 from imgpipe.contracts import commands as contract_commands
+from imgpipe.ingest import commands as ingest_commands
 from imgpipe.localstack import commands as stack_commands
+from imgpipe.runtime.settings import SettingsError
 
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 REGISTRARS: tuple[Registrar, ...] = (
     stack_commands.register,
     contract_commands.register,
+    ingest_commands.register,
 )
 
 
@@ -32,7 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
-    return handler(args)
+    try:
+        return handler(args)
+    except SettingsError as exc:
+        print(f"imgpipe {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from imgpipe.contracts.registry import Registry, TopicKey
 from imgpipe.ingest import outbox
 from imgpipe.objects import ObjectStore, artifact_key
 from imgpipe.runtime.telemetry import inject_current_context
-from imgpipe.store.models import CallbackStatus, Task, TaskState
+from imgpipe.store.models import CallbackStatus, Task, TaskState, Tenant
 from imgpipe.v1 import task_pb2
 
 _IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0f4cbe-47c1-4a4e-9b1e-6f0a8d1c2e3f")
@@ -32,6 +32,10 @@ _CALLBACK_MODES = {
 
 class ImageTooLarge(ValueError):
     """Inline image bytes over the configured cap."""
+
+
+class UnknownTenant(ValueError):
+    """A submit-topic message names a tenant that does not exist."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,8 @@ class TaskAcceptor:
             "deadline_at": now + self._time_limit,
         }
         with self._sessions.begin() as session:
+            if session.get(Tenant, tenant_id) is None:
+                raise UnknownTenant(f"no tenant {tenant_id!r}")
             inserted = session.execute(
                 insert(Task).values(**row).on_conflict_do_nothing().returning(Task.id)
             ).scalar_one_or_none()
@@ -147,3 +153,34 @@ class TaskAcceptor:
         envelope.created_at.FromDatetime(now)
         envelope.deadline.FromDatetime(now + self._time_limit)
         return envelope
+
+    def record_rejected(self, tenant_id: str, idempotency_key: str | None, prompt: str, reason: str) -> bool:
+        """Record a submission that failed validation as a failed task, so its producer can look it
+        up by idempotency key. Returns False when the tenant is unknown (nothing to attach it to)."""
+        now = datetime.now(UTC)
+        with self._sessions.begin() as session:
+            if session.get(Tenant, tenant_id) is None:
+                return False
+            session.execute(
+                insert(Task)
+                .values(
+                    id=task_id_for(tenant_id, idempotency_key),
+                    tenant_id=tenant_id,
+                    idempotency_key=idempotency_key,
+                    state=TaskState.FAILED,
+                    progress=0.0,
+                    prompt=prompt,
+                    include_inline_result=False,
+                    callback_status=CallbackStatus.NOT_REQUIRED,
+                    metadata={},
+                    cancel_requested=False,
+                    error_code="invalid_request",
+                    error_message=reason,
+                    created_at=now,
+                    completed_at=now,
+                    deadline_at=now,
+                    processing_ms=0,
+                )
+                .on_conflict_do_nothing()
+            )
+        return True

@@ -62,24 +62,9 @@ def create_app(deps: ApiDependencies) -> FastAPI:
         version="1",
         description="Submit AI image edits (detect a pet, restyle from a prompt, remove the background).",
     )
+    app.state.deps = deps
     install_problem_handlers(app)
     app.mount("/metrics", make_asgi_app())
-
-    def tenant(
-        authorization: Annotated[str | None, Header()] = None,
-        x_api_key: Annotated[str | None, Header()] = None,
-    ) -> TenantLimits:
-        api_key = x_api_key
-        if authorization and authorization.lower().startswith("bearer "):
-            api_key = authorization[7:].strip()
-        limits = deps.authenticator.authenticate(api_key) if api_key else None
-        if limits is None:
-            raise Problem(
-                401, "unauthenticated", "a valid API key is required", {"WWW-Authenticate": "Bearer"}
-            )
-        return limits
-
-    Tenant = Annotated[TenantLimits, Depends(tenant)]
 
     def limit(bucket: str, rate: float, burst: float) -> None:
         wait = deps.limiter.try_acquire(bucket, rate, burst)
@@ -104,7 +89,7 @@ def create_app(deps: ApiDependencies) -> FastAPI:
     @app.post("/v1/tasks", status_code=202, response_model=TaskView, tags=["tasks"])
     def submit_task(
         body: SubmitTask,
-        limits: Tenant,
+        limits: TenantDep,
         response: Response,
         idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
     ) -> TaskView:
@@ -117,7 +102,7 @@ def create_app(deps: ApiDependencies) -> FastAPI:
         return view(task)
 
     @app.post("/v1/tasks:batch", status_code=202, response_model=BatchView, tags=["tasks"])
-    def submit_batch(body: SubmitBatch, limits: Tenant) -> BatchView:
+    def submit_batch(body: SubmitBatch, limits: TenantDep) -> BatchView:
         """Submit many tasks sharing one callback URL, as the old batch endpoint did."""
         if len(body.tasks) > deps.settings.max_batch_tasks:
             raise Problem(413, "batch_too_large", f"at most {deps.settings.max_batch_tasks} tasks per batch")
@@ -141,7 +126,7 @@ def create_app(deps: ApiDependencies) -> FastAPI:
 
     @app.get("/v1/tasks/{task_id}", response_model=TaskView, tags=["tasks"])
     async def get_task(
-        task_id: uuid.UUID, limits: Tenant, prefer: Annotated[str | None, Header()] = None
+        task_id: uuid.UUID, limits: TenantDep, prefer: Annotated[str | None, Header()] = None
     ) -> TaskView:
         """One task. `Prefer: wait=N` holds the answer until the task ends or N seconds pass."""
         wait = min(prefer_wait_seconds(prefer), deps.settings.prefer_wait_max_seconds)
@@ -157,7 +142,7 @@ def create_app(deps: ApiDependencies) -> FastAPI:
                 interval = min(interval * 2, 1.0)
 
     @app.post("/v1/tasks/{task_id}/cancel", status_code=202, response_model=TaskView, tags=["tasks"])
-    def cancel_task(task_id: uuid.UUID, limits: Tenant) -> TaskView:
+    def cancel_task(task_id: uuid.UUID, limits: TenantDep) -> TaskView:
         """Cancel a task; stages honour it at their next boundary. A finished task is a 409."""
         task = request_cancel(deps.sessions, deps.result_topic, limits.tenant_id, task_id)
         if task is None:
@@ -168,7 +153,7 @@ def create_app(deps: ApiDependencies) -> FastAPI:
 
     @app.get("/v1/tasks", response_model=TaskPage, tags=["tasks"])
     def list_tasks(
-        limits: Tenant,
+        limits: TenantDep,
         state: TaskState | None = None,
         created_after: datetime | None = None,
         created_before: datetime | None = None,
@@ -211,6 +196,25 @@ def create_app(deps: ApiDependencies) -> FastAPI:
         return response
 
     return app
+
+
+def authenticated_tenant(
+    request: Request,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> TenantLimits:
+    """The tenant whose API key the request carries (`Authorization: Bearer` or `X-API-Key`)."""
+    deps: ApiDependencies = request.app.state.deps
+    api_key = x_api_key
+    if authorization and authorization.lower().startswith("bearer "):
+        api_key = authorization[7:].strip()
+    limits = deps.authenticator.authenticate(api_key) if api_key else None
+    if limits is None:
+        raise Problem(401, "unauthenticated", "a valid API key is required", {"WWW-Authenticate": "Bearer"})
+    return limits
+
+
+TenantDep = Annotated[TenantLimits, Depends(authenticated_tenant)]
 
 
 def new_task(body: SubmitTask, idempotency_key: str | None) -> NewTask:

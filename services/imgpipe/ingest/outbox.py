@@ -52,7 +52,6 @@ class OutboxRelay:
         self._batch_size = batch_size
         self._idle_seconds = idle_seconds
         self._flush_seconds = flush_seconds
-        self._stop = threading.Event()
 
     def publish_pending(self) -> int:
         """Publish one batch of pending rows; returns how many were published and deleted."""
@@ -88,26 +87,18 @@ class OutboxRelay:
             PUBLISHED.labels(row.topic).inc()
         return len(rows)
 
-    def run(self) -> None:
-        """Publish until stopped, woken by NOTIFY from committing writers or every idle period."""
-        while not self._stop.is_set():
+    def run(self, stop: threading.Event) -> None:
+        """Publish until `stop`, woken by NOTIFY from committing writers or every idle period."""
+        while not stop.is_set():
             try:
                 with psycopg.connect(self._conninfo, autocommit=True) as listener:
                     listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                    while not self._stop.is_set():
+                    while not stop.is_set():
                         while self.publish_pending() == self._batch_size:
                             pass  # a full batch: more are likely waiting
-                        # Drain wake-ups; returns at the first NOTIFY or after the idle period.
+                        # Returns at the first NOTIFY or after the idle period.
                         for _ in listener.notifies(timeout=self._idle_seconds, stop_after=1):
                             pass
             except Exception:
                 log.exception("outbox relay failed; retrying")
-                self._stop.wait(1.0)
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def start_in_thread(self) -> threading.Thread:
-        thread = threading.Thread(target=self.run, name="outbox-relay", daemon=True)
-        thread.start()
-        return thread
+                stop.wait(1.0)

@@ -46,6 +46,7 @@ def create_tenant(
     tenant.batch_rate_per_second = batch_rate_per_second
     tenant.batch_burst = batch_burst
     session.add(tenant)
+    session.flush()  # the key's foreign key needs the tenant row first
     api_key = API_KEY_PREFIX + secrets.token_urlsafe(32)
     session.add(ApiKey(key_sha256=key_digest(api_key), tenant_id=tenant_id))
     return api_key

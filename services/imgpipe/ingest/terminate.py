@@ -103,6 +103,7 @@ def reap_overdue(sessions: sessionmaker[Session], result_topic: str, limit: int 
 def run_reaper(
     sessions: sessionmaker[Session], result_topic: str, interval_seconds: float, stop: threading.Event
 ) -> None:
+    """Reap every `interval_seconds` until `stop`."""
     while not stop.wait(interval_seconds):
         try:
             while reap_overdue(sessions, result_topic) > 0:

@@ -134,7 +134,11 @@ class ConsumeLoop:
         producer: Producer,
         routing: FailureRouting,
         health: Health | None = None,
+        before_commit: Callable[[], None] | None = None,
     ) -> None:
+        """`before_commit`, if given, runs once per batch after the handler saw every message and
+        before offsets are stored: a service that writes in batches (the projector) writes there.
+        If it raises, the whole batch is rewound and handled again."""
         self._settings = settings
         self._group_id = group_id
         self._topics = list(topics)
@@ -142,6 +146,8 @@ class ConsumeLoop:
         self._producer = producer
         self._routing = routing
         self._health = health
+        self._before_commit = before_commit
+        self._failed_batches = 0
         self._tier_topics = {tier.topic for tier in routing.retry_tiers}
         self._stop = threading.Event()
         self._joined = threading.Event()
@@ -208,12 +214,27 @@ class ConsumeLoop:
             MESSAGES.labels(self._group_id, received.topic, outcome.value).inc()
             progress.next_offset[partition] = received.offset + 1
 
-        if self._deliver_all():
+        if self._complete_batch():
+            self._failed_batches = 0
             offsets = [TopicPartition(t, p, o) for (t, p), o in progress.next_offset.items()]
             if offsets:
                 self._consumer.store_offsets(offsets=offsets)
         else:
             self._rewind(progress)
+            # Back off (still answering stop and liveness) so a dependency that is down is not hammered.
+            self._failed_batches += 1
+            self._stop.wait(min(30.0, 0.5 * 2 ** min(self._failed_batches, 6)))
+
+    def _complete_batch(self) -> bool:
+        """Run the service's batch commit, then wait for every forward; False means redo the batch."""
+        try:
+            if self._before_commit is not None:
+                self._before_commit()
+        except Exception:
+            log.exception("batch commit failed; rewinding")
+            self._deliver_all()  # settle what was produced; the redo may duplicate it, never lose it
+            return False
+        return self._deliver_all()
 
     def _usable(self, message: Message) -> bool:
         error = message.error()

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
 
 from imgpipe.contracts.registry import TopicKey, default_registry
@@ -30,6 +31,8 @@ def run_consumer_service(
     handler: Handler,
     routing: FailureRouting | None = None,
     readiness_checks: Mapping[str, ReadinessCheck] | None = None,
+    before_commit: Callable[[], None] | None = None,
+    background: Sequence[Callable[[threading.Event], None]] = (),
 ) -> int:
     """Run until SIGTERM or SIGINT, then finish the message in hand and leave the group."""
     configure_logging(settings.service_name, settings.log_level, settings.log_format)
@@ -46,6 +49,7 @@ def run_consumer_service(
         producer=producer,
         routing=routing,
         health=health,
+        before_commit=before_commit,
     )
     health.add_readiness_check("kafka_group_joined", loop.has_joined)
     for name, check in (readiness_checks or {}).items():
@@ -59,9 +63,17 @@ def run_consumer_service(
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    # Side duties of the process (outbox relay, reaper) run in threads until the loop ends.
+    stop_background = threading.Event()
+    threads = [threading.Thread(target=task, args=(stop_background,), daemon=True) for task in background]
+    for thread in threads:
+        thread.start()
     try:
         loop.run()
     finally:
+        stop_background.set()
+        for thread in threads:
+            thread.join(timeout=10)
         health.close()
     return 0
 

@@ -1,0 +1,66 @@
+"""Fixtures for tests of the product's services: registry topics, migrated database, a tenant."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from confluent_kafka.admin import AdminClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from imgpipe.contracts.registry import default_registry
+from imgpipe.contracts.topics_admin import apply_topics
+from imgpipe.ingest.settings import IngestSettings
+from imgpipe.ingest.tenants import create_tenant
+from imgpipe.localstack.endpoints import Endpoints
+from imgpipe.store.db import make_engine, make_sessions, upgrade
+
+
+@pytest.fixture(scope="session")
+def registry_topics(stack: Endpoints) -> None:
+    """Every registry topic exists on the test broker (idempotent, as `imgpipe topics apply`)."""
+    apply_topics(AdminClient({"bootstrap.servers": stack.kafka_bootstrap_servers}), list(default_registry()))
+
+
+@pytest.fixture(scope="session")
+def ingest_settings(stack: Endpoints) -> IngestSettings:
+    env = stack.as_env()
+    return IngestSettings(
+        kafka_bootstrap_servers=env["IMGPIPE_KAFKA_BOOTSTRAP_SERVERS"],
+        database_url=env["IMGPIPE_DATABASE_URL"],
+        s3_endpoint_url=env["IMGPIPE_S3_ENDPOINT_URL"],
+        s3_access_key_id=env["IMGPIPE_S3_ACCESS_KEY_ID"],
+        s3_secret_access_key=env["IMGPIPE_S3_SECRET_ACCESS_KEY"],
+        s3_bucket=env["IMGPIPE_S3_BUCKET"],
+        s3_region=env["IMGPIPE_S3_REGION"],
+        consumer_poll_seconds=0.1,
+    )
+
+
+@pytest.fixture(scope="session")
+def sessions(ingest_settings: IngestSettings) -> Iterator[sessionmaker[Session]]:
+    upgrade(ingest_settings.database_url)
+    engine = make_engine(ingest_settings.database_url)
+    yield make_sessions(engine)
+    engine.dispose()
+
+
+@dataclass(frozen=True)
+class TestTenant:
+    id: str
+    api_key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+
+@pytest.fixture
+def tenant(sessions: sessionmaker[Session]) -> TestTenant:
+    """A fresh tenant per test, with generous limits unless a test makes its own."""
+    tenant_id = f"t-{uuid.uuid4().hex[:12]}"
+    with sessions.begin() as session:
+        api_key = create_tenant(session, tenant_id, "test tenant", rate_per_second=1000, burst=1000)
+    return TestTenant(tenant_id, api_key)
