@@ -12,7 +12,7 @@ IMGPIPE := $(VENV)/bin/imgpipe
 PYTEST := $(VENV)/bin/pytest
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
-.PHONY: help setup up down status doctor test test-unit test-integration lint format proto proto-check proto-breaking clean
+.PHONY: help setup up demo down status doctor test test-unit test-integration lint format proto proto-check proto-breaking clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -28,16 +28,22 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 setup: $(VENV)/.synced  ## install Python deps from the lock, then Kafka, Postgres and MinIO
 	$(IMGPIPE) stack install
 
-up: setup  ## start Kafka, Postgres and MinIO, create the topics, check health
-	$(IMGPIPE) stack up
-	source <($(IMGPIPE) stack env) && $(IMGPIPE) topics apply
+up: setup  ## start Kafka, Postgres, MinIO and every imgpipe service, then run the demo
+	$(IMGPIPE) stack up > /dev/null
 	source <($(IMGPIPE) stack env) && $(IMGPIPE) doctor
+	$(IMGPIPE) pipeline up
+	$(IMGPIPE) demo
+
+demo:  ## submit sample photos to the running pipeline (HTTP and submit topic) and show the results
+	$(IMGPIPE) demo
 
 down:  ## stop everything `make up` started
+	$(IMGPIPE) pipeline down
 	$(IMGPIPE) stack down
 
 status: ## show what is running
 	$(IMGPIPE) stack status
+	$(IMGPIPE) pipeline status
 
 doctor:  ## version, endpoint and health of each dependency
 	source <($(IMGPIPE) stack env) && $(IMGPIPE) doctor

@@ -14,6 +14,7 @@ from imgpipe.contracts import commands as contract_commands
 from imgpipe.ingest import commands as ingest_commands
 from imgpipe.localstack import commands as stack_commands
 from imgpipe.runtime.settings import SettingsError
+from imgpipe.stages import commands as stage_commands
 
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
@@ -21,6 +22,7 @@ REGISTRARS: tuple[Registrar, ...] = (
     stack_commands.register,
     contract_commands.register,
     ingest_commands.register,
+    stage_commands.register,
 )
 
 

@@ -1,4 +1,5 @@
-"""Fixtures for tests of the product's services: registry topics, migrated database, a tenant."""
+"""Fixtures for tests of the product's services: registry topics, migrated database, a tenant, and the
+whole pipeline running as processes."""
 
 from __future__ import annotations
 
@@ -10,12 +11,18 @@ import pytest
 from confluent_kafka.admin import AdminClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from imgpipe.contracts.registry import default_registry
+from imgpipe.client import ApiClient, TopicSubmitter
+from imgpipe.contracts.registry import TopicKey, default_registry
 from imgpipe.contracts.topics_admin import apply_topics
 from imgpipe.ingest.settings import IngestSettings
 from imgpipe.ingest.tenants import create_tenant
 from imgpipe.localstack.endpoints import Endpoints
+from imgpipe.localstack.pipeline import DEMO_TENANT, LocalPipeline
 from imgpipe.store.db import make_engine, make_sessions, upgrade
+
+# Linux routes all of 127/8 to loopback: servers on this address stand for an allow-listed image host,
+# while 127.0.0.1 stands for an internal service that must stay unreachable.
+ALLOWED_IMAGE_HOST = "127.0.0.2"
 
 
 @pytest.fixture(scope="session")
@@ -64,3 +71,40 @@ def tenant(sessions: sessionmaker[Session]) -> TestTenant:
     with sessions.begin() as session:
         api_key = create_tenant(session, tenant_id, "test tenant", rate_per_second=1000, burst=1000)
     return TestTenant(tenant_id, api_key)
+
+
+# Settings every service of the test pipeline runs with.
+PIPELINE_TEST_SETTINGS = {
+    # The image host tests serve from; everything else private stays refused (SSRF tests).
+    "IMGPIPE_FETCH_ALLOW_NETWORKS": f"{ALLOWED_IMAGE_HOST}/32",
+    "IMGPIPE_REAPER_INTERVAL_SECONDS": "1",
+    "IMGPIPE_CONSUMER_POLL_SECONDS": "0.1",
+    "IMGPIPE_LOG_LEVEL": "INFO",
+    # A killed worker's partitions move after the session timeout; keep the kill -9 tests short.
+    "IMGPIPE_KAFKA_CLIENT_CONFIG": '{"session.timeout.ms": "6000", "heartbeat.interval.ms": "1000"}',
+}
+
+
+@pytest.fixture(scope="session")
+def pipeline(stack: Endpoints, stack_name: str) -> Iterator[LocalPipeline]:
+    """Every imgpipe service running as its own process on the test stack, as `make up` runs them."""
+    local = LocalPipeline(stack_name, stack)
+    local.up(PIPELINE_TEST_SETTINGS)
+    yield local
+    local.down()
+
+
+@pytest.fixture
+def api(pipeline: LocalPipeline) -> Iterator[ApiClient]:
+    client = ApiClient(pipeline.api_url, pipeline.api_key)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def submitter(pipeline: LocalPipeline) -> TopicSubmitter:
+    return TopicSubmitter(
+        {"bootstrap.servers": pipeline.endpoints.kafka_bootstrap_servers},
+        default_registry().name(TopicKey.SUBMIT),
+        DEMO_TENANT,
+    )

@@ -29,6 +29,7 @@ from referencing import Registry as SchemaRegistry
 from referencing import Resource
 
 from imgpipe.contracts.registry import TopicSpec, ValueFormat, message_class
+from imgpipe.v1 import task_pb2
 
 CONTENT_TYPE_HEADER = "content-type"
 JSON_CONTENT_TYPE = "application/json"
@@ -212,3 +213,8 @@ def _convert_single(field: FieldDescriptor, value: Any, *, to_proto: bool) -> An
     if field.message_type is not None:
         return _convert_message(value, field.message_type, to_proto=to_proto)
     return value
+
+
+def stage_name(stage: task_pb2.Stage.ValueType) -> str:
+    """A Stage enum value's name as artifact maps and the API use it: STAGE_DETECT is "detect"."""
+    return task_pb2.Stage.Name(stage).removeprefix("STAGE_").lower()

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from imgpipe.contracts.registry import Registry, TopicKey
 from imgpipe.ingest import outbox
+from imgpipe.ingest.models import SubmitTask
 from imgpipe.objects import ObjectStore, artifact_key
 from imgpipe.runtime.telemetry import inject_current_context
 from imgpipe.store.models import CallbackStatus, Task, TaskState, Tenant
@@ -50,6 +51,21 @@ class NewTask:
     include_inline_result: bool = False
     metadata: Mapping[str, str] = field(default_factory=dict)
     idempotency_key: str | None = None
+    time_limit_seconds: float | None = None  # shorter than the service's limit, or None for it
+
+    @classmethod
+    def from_submission(cls, body: SubmitTask, image_bytes: bytes | None, idempotency_key: str | None) -> NewTask:
+        return cls(
+            prompt=body.prompt,
+            image_url=str(body.image_url) if body.image_url else None,
+            image_bytes=image_bytes,
+            callback_url=str(body.callback_url) if body.callback_url else None,
+            callback_mode=body.callback_mode.value,
+            include_inline_result=body.include_inline_result,
+            metadata=body.metadata,
+            idempotency_key=idempotency_key,
+            time_limit_seconds=body.time_limit_seconds,
+        )
 
 
 def task_id_for(tenant_id: str, idempotency_key: str | None) -> uuid.UUID:
@@ -86,6 +102,7 @@ class TaskAcceptor:
             self._objects.put(source_object_key, new.image_bytes, "application/octet-stream")
 
         now = datetime.now(UTC)
+        deadline = now + self._time_limit_of(new)
         row = {
             "id": task_id,
             "tenant_id": tenant_id,
@@ -103,7 +120,7 @@ class TaskAcceptor:
             "metadata": dict(new.metadata),
             "cancel_requested": False,
             "created_at": now,
-            "deadline_at": now + self._time_limit,
+            "deadline_at": deadline,
         }
         with self._sessions.begin() as session:
             if session.get(Tenant, tenant_id) is None:
@@ -116,7 +133,7 @@ class TaskAcceptor:
                     select(Task).where(Task.tenant_id == tenant_id, Task.id == task_id)
                 ).one()
                 return existing, False
-            envelope = self._envelope(tenant_id, task_id, new, source_object_key, now)
+            envelope = self._envelope(tenant_id, task_id, new, source_object_key, now, deadline)
             headers: dict[str, str | bytes] = {}
             inject_current_context(headers)
             outbox.enqueue(
@@ -133,7 +150,13 @@ class TaskAcceptor:
         return task, True
 
     def _envelope(
-        self, tenant_id: str, task_id: uuid.UUID, new: NewTask, source_object_key: str | None, now: datetime
+        self,
+        tenant_id: str,
+        task_id: uuid.UUID,
+        new: NewTask,
+        source_object_key: str | None,
+        now: datetime,
+        deadline: datetime,
     ) -> task_pb2.TaskEnvelope:
         envelope = task_pb2.TaskEnvelope(
             task_id=str(task_id),
@@ -151,8 +174,13 @@ class TaskAcceptor:
             envelope.callback.mode = _CALLBACK_MODES[new.callback_mode]
             envelope.callback.include_inline_result = new.include_inline_result
         envelope.created_at.FromDatetime(now)
-        envelope.deadline.FromDatetime(now + self._time_limit)
+        envelope.deadline.FromDatetime(deadline)
         return envelope
+
+    def _time_limit_of(self, new: NewTask) -> timedelta:
+        if new.time_limit_seconds is None:
+            return self._time_limit
+        return min(self._time_limit, timedelta(seconds=new.time_limit_seconds))
 
     def record_rejected(self, tenant_id: str, idempotency_key: str | None, prompt: str, reason: str) -> bool:
         """Record a submission that failed validation as a failed task, so its producer can look it

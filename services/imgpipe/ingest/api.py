@@ -222,16 +222,7 @@ def new_task(body: SubmitTask, idempotency_key: str | None) -> NewTask:
         image_bytes = body.inline_bytes()
     except ValueError as exc:
         raise Problem(422, "invalid_request", str(exc)) from None
-    return NewTask(
-        prompt=body.prompt,
-        image_url=str(body.image_url) if body.image_url else None,
-        image_bytes=image_bytes,
-        callback_url=str(body.callback_url) if body.callback_url else None,
-        callback_mode=body.callback_mode.value,
-        include_inline_result=body.include_inline_result,
-        metadata=body.metadata,
-        idempotency_key=idempotency_key,
-    )
+    return NewTask.from_submission(body, image_bytes, idempotency_key)
 
 
 def load_task(sessions: sessionmaker[Session], tenant_id: str, task_id: uuid.UUID) -> Task:

@@ -54,6 +54,13 @@ class SubmitTask(ImageInput, CallbackFields):
 
     prompt: Prompt
     metadata: Metadata = Field(default_factory=dict)
+    time_limit_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=86400,
+        description="Fail the task with `timeout` if it has not ended this long after acceptance; "
+        "capped by the service's own limit.",
+    )
 
 
 class SubmitTopicTask(SubmitTask):

@@ -16,6 +16,7 @@ from prometheus_client import Counter
 from sqlalchemy import func, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from imgpipe.contracts.payloads import stage_name
 from imgpipe.contracts.registry import Registry, TopicKey
 from imgpipe.runtime.consumer import PoisonMessage
 from imgpipe.runtime.kafka import Forward, Record
@@ -31,10 +32,6 @@ _RESULT_STATES = {
     task_pb2.TASK_STATE_FAILED: TaskState.FAILED,
     task_pb2.TASK_STATE_CANCELED: TaskState.CANCELED,
 }
-
-
-def stage_name(stage: task_pb2.Stage.ValueType) -> str:
-    return task_pb2.Stage.Name(stage).removeprefix("STAGE_").lower()
 
 
 def error_code_name(code: task_pb2.ErrorCode.ValueType) -> str:

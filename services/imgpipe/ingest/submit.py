@@ -23,7 +23,6 @@ from imgpipe.runtime.kafka import Forward, Record
 
 log = logging.getLogger(__name__)
 
-CONTENT_TYPE_HEADER = "content-type"
 
 
 class SubmitConsumer:
@@ -35,23 +34,14 @@ class SubmitConsumer:
     def handle(self, record: Record) -> list[Forward]:
         try:
             request = payloads.decode_value(
-                self._spec, record.value or b"", record.header(CONTENT_TYPE_HEADER)
+                self._spec, record.value or b"", record.header(payloads.CONTENT_TYPE_HEADER)
             )
             task = SubmitTopicTask.model_validate(payloads.to_external_json(request))
             image_bytes = task.inline_bytes()
         except (payloads.PayloadError, ValidationError, ValueError) as exc:
             self._reject(record, str(exc))
         idempotency_key = task.idempotency_key or record.key_text
-        new = NewTask(
-            prompt=task.prompt,
-            image_url=str(task.image_url) if task.image_url else None,
-            image_bytes=image_bytes,
-            callback_url=str(task.callback_url) if task.callback_url else None,
-            callback_mode=task.callback_mode.value,
-            include_inline_result=task.include_inline_result,
-            metadata=task.metadata,
-            idempotency_key=idempotency_key,
-        )
+        new = NewTask.from_submission(task, image_bytes, idempotency_key)
         try:
             self._acceptor.accept(task.tenant_id, new)
         except (ImageTooLarge, UnknownTenant) as exc:

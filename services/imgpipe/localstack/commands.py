@@ -91,6 +91,44 @@ def _doctor(args: argparse.Namespace) -> int:
     return 0 if all(check.healthy for check in checks) else 1
 
 
+def _pipeline_up(args: argparse.Namespace) -> int:
+    from imgpipe.localstack.pipeline import LocalPipeline
+
+    started = time.monotonic()
+    pipeline = LocalPipeline.of_stack(args.name)
+    pipeline.up()
+    print(f"pipeline on stack {args.name} is up ({time.monotonic() - started:.1f} s); API {pipeline.api_url}")
+    print(f"demo tenant's API key is in {pipeline.state_file}; logs in {pipeline.paths.root / 'logs'}")
+    return 0
+
+
+def _pipeline_down(args: argparse.Namespace) -> int:
+    from imgpipe.localstack.pipeline import LocalPipeline, PipelineError
+
+    try:
+        pipeline = LocalPipeline.of_stack(args.name)
+    except PipelineError:
+        return 0  # the stack is down, and its services with it
+    pipeline.down()
+    print(f"pipeline on stack {args.name} is down")
+    return 0
+
+
+def _pipeline_status(args: argparse.Namespace) -> int:
+    from imgpipe.localstack.pipeline import LocalPipeline
+
+    status = LocalPipeline.of_stack(args.name).status()
+    for service, state in status.items():
+        print(f"{service:<18} {state}")
+    return 0 if all(state == "ready" for state in status.values()) else 1
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from imgpipe.demo import run_demo
+
+    return run_demo(args.name, timeout=args.timeout)
+
+
 def _handler(function: HandlerFunction) -> HandlerFunction:
     """Wrap a command: set up progress logging and turn expected failures into one line and exit 1."""
 
@@ -129,6 +167,29 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         if action != "install":
             _add_name(parser)
         parser.set_defaults(handler=_handler(function))
+    pipeline = subparsers.add_parser(
+        "pipeline", help="imgpipe's own services as processes on the local stack"
+    )
+    pipeline_actions = pipeline.add_subparsers(dest="pipeline_command", required=True, metavar="ACTION")
+    for action, function, help_text in (
+        (
+            "up",
+            _pipeline_up,
+            "migrate, create topics and a demo tenant, start every service, wait until ready",
+        ),
+        ("down", _pipeline_down, "stop every service (SIGTERM: in-flight work finishes)"),
+        ("status", _pipeline_status, "each service's state; exit 1 unless all are ready"),
+    ):
+        parser = pipeline_actions.add_parser(action, help=help_text, description=help_text)
+        _add_name(parser)
+        parser.set_defaults(handler=_handler(function))
+    demo = subparsers.add_parser(
+        "demo", help="submit sample photos over HTTP and the submit topic; show results"
+    )
+    _add_name(demo)
+    demo.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the tasks")
+    demo.set_defaults(handler=_handler(_demo))
+
     doctor = subparsers.add_parser("doctor", help="version, endpoint and health of Kafka, Postgres and S3")
     _add_name(doctor)
     doctor.set_defaults(handler=_handler(_doctor))

@@ -3,8 +3,9 @@
 Per envelope: skip a task that already ended (canceled, reaped); fail it with `timeout` past its
 deadline; announce the stage; run the work; store the artifact under its deterministic key; then
 forward the envelope to the next stage, or end the task with its result. Errors that carry one of
-the permanent task error codes end the task with that code; anything else is retried by the
-runtime's tiers.
+the task error codes end the task with that code, at once unless they are `retryable` (a model
+server or an image host that is down), which are retried through the runtime's tiers and end the
+task only on the last try; errors without a code (S3, Postgres) are retried by the tiers alone.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from confluent_kafka import Producer
 from google.protobuf.message import DecodeError
 from prometheus_client import Counter, Histogram
 
+from imgpipe.contracts.payloads import stage_name
 from imgpipe.objects import ObjectStore, artifact_key
 from imgpipe.runtime.consumer import PoisonMessage
 from imgpipe.runtime.kafka import Forward, Record
@@ -85,10 +87,6 @@ class StageTopics:
     result: str
 
 
-def stage_name(stage: task_pb2.Stage.ValueType) -> str:
-    return task_pb2.Stage.Name(stage).removeprefix("STAGE_").lower()
-
-
 def permanent_code(exc: BaseException) -> str | None:
     """The task error code an exception carries, if it is a permanent failure."""
     code = getattr(exc, "code", None)
@@ -103,12 +101,14 @@ class StageRunner:
         topics: StageTopics,
         progress_producer: Producer,
         has_ended: Callable[[str], bool],
+        max_attempts: int,
     ) -> None:
         self._work = work
         self._objects = objects
         self._topics = topics
         self._progress_producer = progress_producer
         self._has_ended = has_ended
+        self._max_attempts = max_attempts  # tries the runtime gives a message: 1 + retry tiers
         self._name = stage_name(work.stage)
 
     def handle(self, record: Record) -> list[Forward]:
@@ -136,6 +136,8 @@ class StageRunner:
             code = permanent_code(exc)
             if code is None:
                 raise  # transient: the runtime retries it through the tiers
+            if getattr(exc, "retryable", False) and record.attempt < self._max_attempts:
+                raise  # may succeed later; on the last try it ends the task instead of dead-lettering
             return self._fail(envelope, code, str(exc))
         finally:
             STAGE_SECONDS.labels(self._name).observe(time.perf_counter() - started)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from imgpipe.v1 import task_pb2 as imgpipe_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17imgpipe/v1/submit.proto\x12\nimgpipe.v1\x1a\x15imgpipe/v1/task.proto\"\xdb\x02\n\x11SubmitTaskRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x13\n\timage_url\x18\x02 \x01(\tH\x00\x12\x16\n\x0cimage_base64\x18\x03 \x01(\x0cH\x00\x12\x14\n\x0c\x63\x61llback_url\x18\x04 \x01(\t\x12/\n\rcallback_mode\x18\x05 \x01(\x0e\x32\x18.imgpipe.v1.CallbackMode\x12\x1d\n\x15include_inline_result\x18\x06 \x01(\x08\x12=\n\x08metadata\x18\x07 \x03(\x0b\x32+.imgpipe.v1.SubmitTaskRequest.MetadataEntry\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\x12\x11\n\ttenant_id\x18\t \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05imageb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17imgpipe/v1/submit.proto\x12\nimgpipe.v1\x1a\x15imgpipe/v1/task.proto\"\xf7\x02\n\x11SubmitTaskRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x13\n\timage_url\x18\x02 \x01(\tH\x00\x12\x16\n\x0cimage_base64\x18\x03 \x01(\x0cH\x00\x12\x14\n\x0c\x63\x61llback_url\x18\x04 \x01(\t\x12/\n\rcallback_mode\x18\x05 \x01(\x0e\x32\x18.imgpipe.v1.CallbackMode\x12\x1d\n\x15include_inline_result\x18\x06 \x01(\x08\x12=\n\x08metadata\x18\x07 \x03(\x0b\x32+.imgpipe.v1.SubmitTaskRequest.MetadataEntry\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\x12\x11\n\ttenant_id\x18\t \x01(\t\x12\x1a\n\x12time_limit_seconds\x18\n \x01(\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05imageb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,7 +35,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITTASKREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_SUBMITTASKREQUEST_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_SUBMITTASKREQUEST']._serialized_start=63
-  _globals['_SUBMITTASKREQUEST']._serialized_end=410
-  _globals['_SUBMITTASKREQUEST_METADATAENTRY']._serialized_start=354
-  _globals['_SUBMITTASKREQUEST_METADATAENTRY']._serialized_end=401
+  _globals['_SUBMITTASKREQUEST']._serialized_end=438
+  _globals['_SUBMITTASKREQUEST_METADATAENTRY']._serialized_start=382
+  _globals['_SUBMITTASKREQUEST_METADATAENTRY']._serialized_end=429
 # @@protoc_insertion_point(module_scope)

@@ -56,6 +56,7 @@ class SubmitTaskRequest(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     TENANT_ID_FIELD_NUMBER: _builtins.int
+    TIME_LIMIT_SECONDS_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     image_url: _builtins.str
     image_base64: _builtins.bytes
@@ -66,6 +67,10 @@ class SubmitTaskRequest(_message.Message):
     include_inline_result: _builtins.bool
     idempotency_key: _builtins.str
     tenant_id: _builtins.str
+    time_limit_seconds: _builtins.float
+    """Fail the task with ERROR_CODE_TIMEOUT if it has not ended this long after acceptance; 0 means the
+    service's limit, which also caps any value given here.
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -80,10 +85,11 @@ class SubmitTaskRequest(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         idempotency_key: _builtins.str = ...,
         tenant_id: _builtins.str = ...,
+        time_limit_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "image_base64", b"image_base64", "image_url", b"image_url"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback_mode", b"callback_mode", "callback_url", b"callback_url", "idempotency_key", b"idempotency_key", "image", b"image", "image_base64", b"image_base64", "image_url", b"image_url", "include_inline_result", b"include_inline_result", "metadata", b"metadata", "prompt", b"prompt", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback_mode", b"callback_mode", "callback_url", b"callback_url", "idempotency_key", b"idempotency_key", "image", b"image", "image_base64", b"image_base64", "image_url", b"image_url", "include_inline_result", b"include_inline_result", "metadata", b"metadata", "prompt", b"prompt", "tenant_id", b"tenant_id", "time_limit_seconds", b"time_limit_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_image: _TypeAlias = _typing.Literal["image_url", "image_base64"]  # noqa: Y015
     _WhichOneofArgType_image: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15imgpipe/v1/task.proto\x12\nimgpipe.v1\x1a\x1fgoogle/protobuf/timestamp.proto\":\n\x0bImageSource\x12\r\n\x03url\x18\x01 \x01(\tH\x00\x12\x14\n\nobject_key\x18\x02 \x01(\tH\x00\x42\x06\n\x04kind\"b\n\x0c\x43\x61llbackSpec\x12\x0b\n\x03url\x18\x01 \x01(\t\x12&\n\x04mode\x18\x02 \x01(\x0e\x32\x18.imgpipe.v1.CallbackMode\x12\x1d\n\x15include_inline_result\x18\x03 \x01(\x08\"w\n\x08\x41rtifact\x12\x12\n\nobject_key\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\x12\n\nsize_bytes\x18\x05 \x01(\x04\x12\x0e\n\x06sha256\x18\x06 \x01(\t\"c\n\tTaskError\x12#\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x15.imgpipe.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\x12 \n\x05stage\x18\x03 \x01(\x0e\x32\x11.imgpipe.v1.Stage\"\x98\x05\n\x0cTaskEnvelope\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\'\n\x06source\x18\x04 \x01(\x0b\x32\x17.imgpipe.v1.ImageSource\x12*\n\x08\x63\x61llback\x18\x05 \x01(\x0b\x32\x18.imgpipe.v1.CallbackSpec\x12\x38\n\x08metadata\x18\x06 \x03(\x0b\x32&.imgpipe.v1.TaskEnvelope.MetadataEntry\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12:\n\tartifacts\x18\t \x03(\x0b\x32\'.imgpipe.v1.TaskEnvelope.ArtifactsEntry\x12\x17\n\x0fidempotency_key\x18\n \x01(\t\x12\x38\n\x08\x61ttempts\x18\x0b \x03(\x0b\x32&.imgpipe.v1.TaskEnvelope.AttemptsEntry\x12.\n\nstarted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x46\n\x0e\x41rtifactsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.imgpipe.v1.Artifact:\x02\x38\x01\x1a/\n\rAttemptsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01*{\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTAGE_INGEST\x10\x01\x12\x10\n\x0cSTAGE_DETECT\x10\x02\x12\x12\n\x0eSTAGE_GENERATE\x10\x03\x12\x0f\n\x0bSTAGE_MATTE\x10\x04\x12\x12\n\x0eSTAGE_CALLBACK\x10\x05*\xcb\x02\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x45RROR_CODE_INVALID_REQUEST\x10\x01\x12\x1c\n\x18\x45RROR_CODE_INVALID_IMAGE\x10\x02\x12!\n\x1d\x45RROR_CODE_UNSUPPORTED_FORMAT\x10\x03\x12\x1e\n\x1a\x45RROR_CODE_IMAGE_TOO_LARGE\x10\x04\x12\x1b\n\x17\x45RROR_CODE_FETCH_FAILED\x10\x05\x12\x1e\n\x1a\x45RROR_CODE_NO_PET_DETECTED\x10\x06\x12\x1a\n\x16\x45RROR_CODE_MODEL_ERROR\x10\x07\x12\x16\n\x12\x45RROR_CODE_TIMEOUT\x10\x08\x12\x17\n\x13\x45RROR_CODE_CANCELED\x10\t\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\n*\xa3\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11TASK_STATE_QUEUED\x10\x01\x12\x19\n\x15TASK_STATE_PROCESSING\x10\x02\x12\x18\n\x14TASK_STATE_SUCCEEDED\x10\x03\x12\x15\n\x11TASK_STATE_FAILED\x10\x04\x12\x17\n\x13TASK_STATE_CANCELED\x10\x05*e\n\x0c\x43\x61llbackMode\x12\x1d\n\x19\x43\x41LLBACK_MODE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43\x41LLBACK_MODE_IMMEDIATE\x10\x01\x12\x19\n\x15\x43\x41LLBACK_MODE_BATCHED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15imgpipe/v1/task.proto\x12\nimgpipe.v1\x1a\x1fgoogle/protobuf/timestamp.proto\":\n\x0bImageSource\x12\r\n\x03url\x18\x01 \x01(\tH\x00\x12\x14\n\nobject_key\x18\x02 \x01(\tH\x00\x42\x06\n\x04kind\"b\n\x0c\x43\x61llbackSpec\x12\x0b\n\x03url\x18\x01 \x01(\t\x12&\n\x04mode\x18\x02 \x01(\x0e\x32\x18.imgpipe.v1.CallbackMode\x12\x1d\n\x15include_inline_result\x18\x03 \x01(\x08\"w\n\x08\x41rtifact\x12\x12\n\nobject_key\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\x12\n\nsize_bytes\x18\x05 \x01(\x04\x12\x0e\n\x06sha256\x18\x06 \x01(\t\"[\n\x06PetBox\x12\t\n\x01x\x18\x01 \x01(\r\x12\t\n\x01y\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\r\n\x05score\x18\x05 \x01(\x02\x12\r\n\x05label\x18\x06 \x01(\t\"c\n\tTaskError\x12#\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x15.imgpipe.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\x12 \n\x05stage\x18\x03 \x01(\x0e\x32\x11.imgpipe.v1.Stage\"\xb9\x05\n\x0cTaskEnvelope\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\'\n\x06source\x18\x04 \x01(\x0b\x32\x17.imgpipe.v1.ImageSource\x12*\n\x08\x63\x61llback\x18\x05 \x01(\x0b\x32\x18.imgpipe.v1.CallbackSpec\x12\x38\n\x08metadata\x18\x06 \x03(\x0b\x32&.imgpipe.v1.TaskEnvelope.MetadataEntry\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12:\n\tartifacts\x18\t \x03(\x0b\x32\'.imgpipe.v1.TaskEnvelope.ArtifactsEntry\x12\x17\n\x0fidempotency_key\x18\n \x01(\t\x12\x38\n\x08\x61ttempts\x18\x0b \x03(\x0b\x32&.imgpipe.v1.TaskEnvelope.AttemptsEntry\x12.\n\nstarted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1f\n\x03pet\x18\r \x01(\x0b\x32\x12.imgpipe.v1.PetBox\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x46\n\x0e\x41rtifactsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.imgpipe.v1.Artifact:\x02\x38\x01\x1a/\n\rAttemptsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01*{\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTAGE_INGEST\x10\x01\x12\x10\n\x0cSTAGE_DETECT\x10\x02\x12\x12\n\x0eSTAGE_GENERATE\x10\x03\x12\x0f\n\x0bSTAGE_MATTE\x10\x04\x12\x12\n\x0eSTAGE_CALLBACK\x10\x05*\xcb\x02\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x45RROR_CODE_INVALID_REQUEST\x10\x01\x12\x1c\n\x18\x45RROR_CODE_INVALID_IMAGE\x10\x02\x12!\n\x1d\x45RROR_CODE_UNSUPPORTED_FORMAT\x10\x03\x12\x1e\n\x1a\x45RROR_CODE_IMAGE_TOO_LARGE\x10\x04\x12\x1b\n\x17\x45RROR_CODE_FETCH_FAILED\x10\x05\x12\x1e\n\x1a\x45RROR_CODE_NO_PET_DETECTED\x10\x06\x12\x1a\n\x16\x45RROR_CODE_MODEL_ERROR\x10\x07\x12\x16\n\x12\x45RROR_CODE_TIMEOUT\x10\x08\x12\x17\n\x13\x45RROR_CODE_CANCELED\x10\t\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\n*\xa3\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11TASK_STATE_QUEUED\x10\x01\x12\x19\n\x15TASK_STATE_PROCESSING\x10\x02\x12\x18\n\x14TASK_STATE_SUCCEEDED\x10\x03\x12\x15\n\x11TASK_STATE_FAILED\x10\x04\x12\x17\n\x13TASK_STATE_CANCELED\x10\x05*e\n\x0c\x43\x61llbackMode\x12\x1d\n\x19\x43\x41LLBACK_MODE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43\x41LLBACK_MODE_IMMEDIATE\x10\x01\x12\x19\n\x15\x43\x41LLBACK_MODE_BATCHED\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,28 +38,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKENVELOPE_ARTIFACTSENTRY']._serialized_options = b'8\001'
   _globals['_TASKENVELOPE_ATTEMPTSENTRY']._loaded_options = None
   _globals['_TASKENVELOPE_ATTEMPTSENTRY']._serialized_options = b'8\001'
-  _globals['_STAGE']._serialized_start=1119
-  _globals['_STAGE']._serialized_end=1242
-  _globals['_ERRORCODE']._serialized_start=1245
-  _globals['_ERRORCODE']._serialized_end=1576
-  _globals['_TASKSTATE']._serialized_start=1579
-  _globals['_TASKSTATE']._serialized_end=1742
-  _globals['_CALLBACKMODE']._serialized_start=1744
-  _globals['_CALLBACKMODE']._serialized_end=1845
+  _globals['_STAGE']._serialized_start=1245
+  _globals['_STAGE']._serialized_end=1368
+  _globals['_ERRORCODE']._serialized_start=1371
+  _globals['_ERRORCODE']._serialized_end=1702
+  _globals['_TASKSTATE']._serialized_start=1705
+  _globals['_TASKSTATE']._serialized_end=1868
+  _globals['_CALLBACKMODE']._serialized_start=1870
+  _globals['_CALLBACKMODE']._serialized_end=1971
   _globals['_IMAGESOURCE']._serialized_start=70
   _globals['_IMAGESOURCE']._serialized_end=128
   _globals['_CALLBACKSPEC']._serialized_start=130
   _globals['_CALLBACKSPEC']._serialized_end=228
   _globals['_ARTIFACT']._serialized_start=230
   _globals['_ARTIFACT']._serialized_end=349
-  _globals['_TASKERROR']._serialized_start=351
-  _globals['_TASKERROR']._serialized_end=450
-  _globals['_TASKENVELOPE']._serialized_start=453
-  _globals['_TASKENVELOPE']._serialized_end=1117
-  _globals['_TASKENVELOPE_METADATAENTRY']._serialized_start=949
-  _globals['_TASKENVELOPE_METADATAENTRY']._serialized_end=996
-  _globals['_TASKENVELOPE_ARTIFACTSENTRY']._serialized_start=998
-  _globals['_TASKENVELOPE_ARTIFACTSENTRY']._serialized_end=1068
-  _globals['_TASKENVELOPE_ATTEMPTSENTRY']._serialized_start=1070
-  _globals['_TASKENVELOPE_ATTEMPTSENTRY']._serialized_end=1117
+  _globals['_PETBOX']._serialized_start=351
+  _globals['_PETBOX']._serialized_end=442
+  _globals['_TASKERROR']._serialized_start=444
+  _globals['_TASKERROR']._serialized_end=543
+  _globals['_TASKENVELOPE']._serialized_start=546
+  _globals['_TASKENVELOPE']._serialized_end=1243
+  _globals['_TASKENVELOPE_METADATAENTRY']._serialized_start=1075
+  _globals['_TASKENVELOPE_METADATAENTRY']._serialized_end=1122
+  _globals['_TASKENVELOPE_ARTIFACTSENTRY']._serialized_start=1124
+  _globals['_TASKENVELOPE_ARTIFACTSENTRY']._serialized_end=1194
+  _globals['_TASKENVELOPE_ATTEMPTSENTRY']._serialized_start=1196
+  _globals['_TASKENVELOPE_ATTEMPTSENTRY']._serialized_end=1243
 # @@protoc_insertion_point(module_scope)

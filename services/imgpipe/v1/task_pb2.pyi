@@ -223,6 +223,43 @@ class Artifact(_message.Message):
 Global___Artifact: _TypeAlias = Artifact  # noqa: Y015
 
 @_typing.final
+class PetBox(_message.Message):
+    """Where detect found the pet, in pixels of the normalized original (the detect artifact)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    X_FIELD_NUMBER: _builtins.int
+    Y_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    x: _builtins.int
+    y: _builtins.int
+    width: _builtins.int
+    height: _builtins.int
+    score: _builtins.float
+    """The detector's confidence; its scale depends on the backend."""
+    label: _builtins.str
+    def __init__(
+        self,
+        *,
+        x: _builtins.int = ...,
+        y: _builtins.int = ...,
+        width: _builtins.int = ...,
+        height: _builtins.int = ...,
+        score: _builtins.float = ...,
+        label: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["height", b"height", "label", b"label", "score", b"score", "width", b"width", "x", b"x", "y", b"y"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PetBox: _TypeAlias = PetBox  # noqa: Y015
+
+@_typing.final
 class TaskError(_message.Message):
     """Why a task failed and where."""
 
@@ -329,6 +366,7 @@ class TaskEnvelope(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
+    PET_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     tenant_id: _builtins.str
     prompt: _builtins.str
@@ -363,6 +401,10 @@ class TaskEnvelope(_message.Message):
     def started_at(self) -> _timestamp_pb2.Timestamp:
         """When ingest first started work on the task (the old system's started timestamp)."""
 
+    @_builtins.property
+    def pet(self) -> Global___PetBox:
+        """Set by detect when it found a pet; matte uses it to seed the foreground."""
+
     def __init__(
         self,
         *,
@@ -378,10 +420,11 @@ class TaskEnvelope(_message.Message):
         idempotency_key: _builtins.str = ...,
         attempts: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
+        pet: Global___PetBox | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "created_at", b"created_at", "deadline", b"deadline", "source", b"source", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "created_at", b"created_at", "deadline", b"deadline", "pet", b"pet", "source", b"source", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "attempts", b"attempts", "callback", b"callback", "created_at", b"created_at", "deadline", b"deadline", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "prompt", b"prompt", "source", b"source", "started_at", b"started_at", "task_id", b"task_id", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "attempts", b"attempts", "callback", b"callback", "created_at", b"created_at", "deadline", b"deadline", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "pet", b"pet", "prompt", b"prompt", "source", b"source", "started_at", b"started_at", "task_id", b"task_id", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

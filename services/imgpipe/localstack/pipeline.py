@@ -1,0 +1,206 @@
+"""The pipeline's own services as local processes on a running stack: what `make up` starts.
+
+Each service is the `imgpipe` console script with one subcommand, started in its own session with
+the stack's endpoints in its environment, logging to <stack>/logs/<service>.log and tracked by a pid
+file like the stack's servers. Ports and the demo tenant's API key are kept in <stack>/pipeline.json,
+so `imgpipe demo`, `imgpipe pipeline status` and tests find them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from imgpipe.localstack.endpoints import Endpoints
+from imgpipe.localstack.errors import LocalStackError
+from imgpipe.localstack.layout import StackPaths, file_lock
+from imgpipe.localstack.ports import assign_ports
+from imgpipe.localstack.processes import PidRecord, ProcessSpec, read_pid_file, spawn, stop
+from imgpipe.localstack.stack import stack_endpoints
+from imgpipe.localstack.waiting import wait_until
+
+log = logging.getLogger(__name__)
+
+# The subcommands `make up` runs, in start order (the API last: it is what clients wait for).
+SERVICES = ("ingest-projector", "ingest-submit", "detect", "generate", "matte", "ingest-api")
+DEMO_TENANT = "demo"
+READY_TIMEOUT = 90.0
+STOP_GRACE = 20.0
+
+
+class PipelineError(LocalStackError):
+    pass
+
+
+@dataclass(frozen=True)
+class PipelineState:
+    """What <stack>/pipeline.json remembers between commands."""
+
+    ports: dict[str, int]  # service -> port of its health server (the API's own port for ingest-api)
+    api_key: str | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> PipelineState:
+        try:
+            data = json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):
+            return cls(ports={})
+        return cls(ports={k: int(v) for k, v in data.get("ports", {}).items()}, api_key=data.get("api_key"))
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"ports": self.ports, "api_key": self.api_key}, indent=2))
+        tmp.chmod(0o600)  # holds an API key
+        tmp.replace(path)
+
+
+@dataclass
+class LocalPipeline:
+    """The services of one named stack: start, stop, kill and check them."""
+
+    stack_name: str
+    endpoints: Endpoints
+    paths: StackPaths = field(init=False)
+    state: PipelineState = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.paths = StackPaths.for_stack(self.stack_name)
+        self.state = PipelineState.load(self.state_file)
+
+    @classmethod
+    def of_stack(cls, stack_name: str) -> LocalPipeline:
+        endpoints = stack_endpoints(stack_name)
+        if endpoints is None:
+            raise PipelineError(f"stack {stack_name} is not up: run `imgpipe stack up --name {stack_name}`")
+        return cls(stack_name, endpoints)
+
+    @property
+    def state_file(self) -> Path:
+        return self.paths.root / "pipeline.json"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.state.ports['ingest-api']}"
+
+    @property
+    def api_key(self) -> str:
+        if self.state.api_key is None:
+            raise PipelineError("the pipeline has no demo tenant yet: run `imgpipe pipeline up`")
+        return self.state.api_key
+
+    def environment(self, service: str) -> dict[str, str]:
+        """The environment a service runs with: the stack's endpoints and its own ports."""
+        port = str(self.state.ports[service])
+        env = {
+            **self.endpoints.as_env(),
+            "IMGPIPE_SERVICE_NAME": service,
+            "IMGPIPE_S3_PUBLIC_ENDPOINT_URL": self.endpoints.s3_endpoint_url,
+        }
+        if service == "ingest-api":
+            env.update({"IMGPIPE_API_HOST": "127.0.0.1", "IMGPIPE_API_PORT": port})
+        else:
+            env.update({"IMGPIPE_HEALTH_HOST": "127.0.0.1", "IMGPIPE_HEALTH_PORT": port})
+        return env
+
+    # -- whole pipeline ----------------------------------------------------------------------
+
+    def up(self, overrides: Mapping[str, str] | None = None) -> None:
+        """Migrate, create topics and the demo tenant, then start every service that is not running
+        and wait until all are ready. `overrides` adds IMGPIPE_* settings to every service."""
+        with file_lock(self.paths.root.with_name(f"stack-{self.stack_name}-pipeline.lock")):
+            self.state = PipelineState(assign_ports(SERVICES, self.state.ports), self.state.api_key)
+            self.state.save(self.state_file)
+            self._imgpipe("db", "upgrade")
+            self._imgpipe("topics", "apply")
+            if self.state.api_key is None:
+                key = self._imgpipe("tenants", "create", DEMO_TENANT, "--rate", "200", "--burst", "400")
+                self.state = PipelineState(self.state.ports, key.strip())
+                self.state.save(self.state_file)
+            for service in SERVICES:
+                if not self.is_running(service):
+                    self.start(service, overrides, wait=False)
+            for service in SERVICES:
+                self.wait_ready(service)
+
+    def down(self) -> None:
+        for service in reversed(SERVICES):
+            self.stop(service)
+
+    def status(self) -> dict[str, str]:
+        return {
+            service: ("ready" if self.is_ready(service) else "starting")
+            if self.is_running(service)
+            else "stopped"
+            for service in SERVICES
+        }
+
+    # -- one service -------------------------------------------------------------------------
+
+    def start(self, service: str, overrides: Mapping[str, str] | None = None, *, wait: bool = True) -> None:
+        argv = (sys.executable, "-m", "imgpipe.cli", service)
+        spec = ProcessSpec(argv=argv, env={**self.environment(service), **(overrides or {})})
+        spawn(spec, self.paths.log_file(service), self.paths.pid_file(service))
+        log.info("started %s", service)
+        if wait:
+            self.wait_ready(service)
+
+    def stop(self, service: str, stop_signal: signal.Signals = signal.SIGTERM) -> None:
+        record = self._record(service)
+        if record is not None:
+            stop(record, stop_signal, STOP_GRACE, service)
+            self.paths.pid_file(service).unlink(missing_ok=True)
+
+    def kill(self, service: str) -> None:
+        """kill -9, as a crash would: no shutdown code runs."""
+        self.stop(service, signal.SIGKILL)
+
+    def is_running(self, service: str) -> bool:
+        record = self._record(service)
+        return record is not None and record.is_running()
+
+    def is_ready(self, service: str) -> bool:
+        port = self.state.ports.get(service)
+        if port is None:
+            return False
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def wait_ready(self, service: str, timeout: float = READY_TIMEOUT) -> None:
+        def ready_or_dead() -> bool:
+            if not self.is_running(service):
+                raise PipelineError(f"{service} exited during start-up:\n{self.log_tail(service)}")
+            return self.is_ready(service)
+
+        try:
+            wait_until(ready_or_dead, timeout, f"{service} to be ready")
+        except TimeoutError as exc:
+            raise PipelineError(f"{exc}\n{self.log_tail(service)}") from None
+
+    def log_tail(self, service: str, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.paths.log_file(service).read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def _record(self, service: str) -> PidRecord | None:
+        return read_pid_file(self.paths.pid_file(service))
+
+    def _imgpipe(self, *args: str) -> str:
+        env = {**os.environ, **self.endpoints.as_env()}
+        done = subprocess.run(
+            [sys.executable, "-m", "imgpipe.cli", *args], env=env, capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            raise PipelineError(f"imgpipe {' '.join(args)} failed:\n{done.stderr[-2000:]}")
+        return done.stdout
