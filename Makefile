@@ -58,13 +58,13 @@ test-integration: setup  ## tests against the real local stack
 	$(PYTEST) -m integration
 
 lint: $(VENV)/.synced  ## ruff, mypy and generated-code staleness
-	$(VENV)/bin/ruff check services tests
-	$(VENV)/bin/ruff format --check services tests
+	$(VENV)/bin/ruff check services tests bench
+	$(VENV)/bin/ruff format --check services tests bench
 	$(VENV)/bin/mypy
 
 format: $(VENV)/.synced
-	$(VENV)/bin/ruff format services tests
-	$(VENV)/bin/ruff check --fix services tests
+	$(VENV)/bin/ruff format services tests bench
+	$(VENV)/bin/ruff check --fix services tests bench
 
 proto: $(VENV)/.synced  ## regenerate Python code from proto/
 	$(VENV)/bin/python -m imgpipe.contracts.codegen

@@ -88,13 +88,22 @@ class ApiClient:
         return self._json(self._http.post(f"/v1/tasks/{task_id}/cancel"))
 
     def wait(self, task_ids: Iterable[str], timeout: float) -> dict[str, dict[str, Any]]:
-        """Each task's view once all are terminal; TimeoutError naming the stragglers otherwise."""
+        """Each task's view once all are terminal; TimeoutError naming the first straggler otherwise.
+
+        An unknown id counts as not there yet: a task published to the submit topic exists only once
+        ingest has consumed it."""
         deadline = time.monotonic() + timeout
         done: dict[str, dict[str, Any]] = {}
         for task_id in task_ids:
             while True:
                 remaining = deadline - time.monotonic()
-                view = self.get(task_id, wait_seconds=max(0, min(20, int(remaining))))
+                try:
+                    view = self.get(task_id, wait_seconds=max(0, min(20, int(remaining))))
+                except ApiError as exc:
+                    if exc.status != 404:
+                        raise
+                    view = {"state": "unknown", "stage": None}
+                    time.sleep(min(0.2, max(remaining, 0)))  # polling: the API cannot wait for a task it lacks
                 if view["state"] in TERMINAL_STATES:
                     done[task_id] = view
                     break

@@ -19,10 +19,7 @@ from imgpipe.ingest.tenants import create_tenant
 from imgpipe.localstack.endpoints import Endpoints
 from imgpipe.localstack.pipeline import DEMO_TENANT, LocalPipeline
 from imgpipe.store.db import make_engine, make_sessions, upgrade
-
-# Linux routes all of 127/8 to loopback: servers on this address stand for an allow-listed image host,
-# while 127.0.0.1 stands for an internal service that must stay unreachable.
-ALLOWED_IMAGE_HOST = "127.0.0.2"
+from imgpipe.testing.http import ALLOWED_IMAGE_HOST
 
 
 @pytest.fixture(scope="session")

@@ -18,19 +18,16 @@ from sqlalchemy import select
 
 from imgpipe.client import ApiClient, TaskRequest, TopicSubmitter
 from imgpipe.contracts.registry import TopicKey, default_registry
-from imgpipe.localstack.pipeline import LocalPipeline
-from imgpipe.localstack.waiting import wait_until
 from imgpipe.ingest.accept import task_id_for
-from imgpipe.localstack.pipeline import DEMO_TENANT
+from imgpipe.localstack.pipeline import DEMO_TENANT, LocalPipeline
+from imgpipe.localstack.waiting import wait_until
 from imgpipe.runtime.kafka import DEAD_LETTER_REASON_HEADER, ORIGIN_TOPIC_HEADER, Received
 from imgpipe.samples import photo_jpeg
 from imgpipe.store.db import make_engine, make_sessions
 from imgpipe.store.models import Task, TaskState
 from imgpipe.testing import images
-from imgpipe.testing.http import Reply, serve
+from imgpipe.testing.http import ALLOWED_IMAGE_HOST, Reply, serve
 from imgpipe.testing.kafka import produce, read_topic
-
-from .conftest import ALLOWED_IMAGE_HOST
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +58,9 @@ def test_200_tasks_half_over_http_half_over_the_topic_all_succeed(
         for i in range(100)
     ]
     task_ids += [
-        submitter.submit(TaskRequest(PROMPTS[i % len(PROMPTS)], image=cat, idempotency_key=f"{run}-topic-{i}"))
+        submitter.submit(
+            TaskRequest(PROMPTS[i % len(PROMPTS)], image=cat, idempotency_key=f"{run}-topic-{i}")
+        )
         for i in range(100)
     ]
     submitter.flush()
@@ -100,9 +99,13 @@ def test_the_same_idempotency_key_makes_one_task_over_both_doors(
 
 
 @pytest.mark.timeout(300)
-def test_every_error_code_comes_from_a_real_bad_input_or_fault(pipeline: LocalPipeline, api: ApiClient) -> None:
+def test_every_error_code_comes_from_a_real_bad_input_or_fault(
+    pipeline: LocalPipeline, api: ApiClient
+) -> None:
     cat = photo_jpeg()
-    with serve({"/cat.jpg": Reply(body=cat, headers={"Content-Type": "image/jpeg"})}, host=ALLOWED_IMAGE_HOST) as host:
+    with serve(
+        {"/cat.jpg": Reply(body=cat, headers={"Content-Type": "image/jpeg"})}, host=ALLOWED_IMAGE_HOST
+    ) as host:
         submitted = {
             "invalid_image": api.submit(TaskRequest("x", image=images.truncated(cat))),
             "unsupported_format": api.submit(TaskRequest("x", image=images.gif())),
@@ -138,7 +141,9 @@ def test_kill_9_of_a_stage_worker_mid_run_loses_no_task(
     pipeline: LocalPipeline, api: ApiClient, stage: str
 ) -> None:
     cat, run = photo_jpeg(), run_id()
-    task_ids = [api.submit(TaskRequest("cartoon", image=cat, idempotency_key=f"{run}-{i}"))["id"] for i in range(24)]
+    task_ids = [
+        api.submit(TaskRequest("cartoon", image=cat, idempotency_key=f"{run}-{i}"))["id"] for i in range(24)
+    ]
     # Kill once the stage is busy with this run: some tasks are past it, some not yet there.
     wait_until(
         lambda: any(api.get(t)["stage"] == stage for t in task_ids), 120, f"{stage} to be working on the run"
@@ -171,7 +176,9 @@ def test_a_poison_message_on_each_topic_is_dead_lettered_and_the_partition_keeps
     assert_result_is_final_png(api, api.wait([healthy], timeout=180)[healthy])
 
     def dead_letters(seen: Sequence[Received]) -> bool:
-        return {r.header(ORIGIN_TOPIC_HEADER) for r in seen if r.key_text in poisoned.values()} >= set(poisoned)
+        return {r.header(ORIGIN_TOPIC_HEADER) for r in seen if r.key_text in poisoned.values()} >= set(
+            poisoned
+        )
 
     found = [
         r

@@ -8,6 +8,7 @@ so `imgpipe demo`, `imgpipe pipeline status` and tests find them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -47,6 +49,7 @@ class PipelineState:
 
     ports: dict[str, int]  # service -> port of its health server (the API's own port for ingest-api)
     api_key: str | None = None
+    overrides: dict[str, str] = field(default_factory=dict)  # IMGPIPE_* settings `up` was given
 
     @classmethod
     def load(cls, path: Path) -> PipelineState:
@@ -54,11 +57,15 @@ class PipelineState:
             data = json.loads(path.read_text())
         except (FileNotFoundError, ValueError):
             return cls(ports={})
-        return cls(ports={k: int(v) for k, v in data.get("ports", {}).items()}, api_key=data.get("api_key"))
+        return cls(
+            ports={k: int(v) for k, v in data.get("ports", {}).items()},
+            api_key=data.get("api_key"),
+            overrides=dict(data.get("overrides", {})),
+        )
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"ports": self.ports, "api_key": self.api_key}, indent=2))
+        tmp.write_text(json.dumps(dataclasses.asdict(self), indent=2))
         tmp.chmod(0o600)  # holds an API key
         tmp.replace(path)
 
@@ -115,19 +122,19 @@ class LocalPipeline:
 
     def up(self, overrides: Mapping[str, str] | None = None) -> None:
         """Migrate, create topics and the demo tenant, then start every service that is not running
-        and wait until all are ready. `overrides` adds IMGPIPE_* settings to every service."""
+        and wait until all are ready. `overrides` adds IMGPIPE_* settings to every service, also when
+        one is restarted later."""
         with file_lock(self.paths.root.with_name(f"stack-{self.stack_name}-pipeline.lock")):
-            self.state = PipelineState(assign_ports(SERVICES, self.state.ports), self.state.api_key)
-            self.state.save(self.state_file)
+            ports = assign_ports(SERVICES, self.state.ports, keep=[s for s in SERVICES if self.is_running(s)])
+            self._save(ports=ports, overrides=dict(overrides or {}))
             self._imgpipe("db", "upgrade")
             self._imgpipe("topics", "apply")
             if self.state.api_key is None:
                 key = self._imgpipe("tenants", "create", DEMO_TENANT, "--rate", "200", "--burst", "400")
-                self.state = PipelineState(self.state.ports, key.strip())
-                self.state.save(self.state_file)
+                self._save(api_key=key.strip())
             for service in SERVICES:
                 if not self.is_running(service):
-                    self.start(service, overrides, wait=False)
+                    self.start(service, wait=False)
             for service in SERVICES:
                 self.wait_ready(service)
 
@@ -145,9 +152,11 @@ class LocalPipeline:
 
     # -- one service -------------------------------------------------------------------------
 
-    def start(self, service: str, overrides: Mapping[str, str] | None = None, *, wait: bool = True) -> None:
+    def start(self, service: str, settings: Mapping[str, str] | None = None, *, wait: bool = True) -> None:
+        """Start one service; `settings` (IMGPIPE_* variables) apply to this start only."""
         argv = (sys.executable, "-m", "imgpipe.cli", service)
-        spec = ProcessSpec(argv=argv, env={**self.environment(service), **(overrides or {})})
+        env = {**self.environment(service), **self.state.overrides, **(settings or {})}
+        spec = ProcessSpec(argv=argv, env=env)
         spawn(spec, self.paths.log_file(service), self.paths.pid_file(service))
         log.info("started %s", service)
         if wait:
@@ -192,6 +201,10 @@ class LocalPipeline:
             return "\n".join(self.paths.log_file(service).read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
+
+    def _save(self, **changes: Any) -> None:
+        self.state = dataclasses.replace(self.state, **changes)
+        self.state.save(self.state_file)
 
     def _record(self, service: str) -> PidRecord | None:
         return read_pid_file(self.paths.pid_file(service))

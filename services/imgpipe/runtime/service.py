@@ -33,6 +33,7 @@ def run_consumer_service(
     readiness_checks: Mapping[str, ReadinessCheck] | None = None,
     before_commit: Callable[[], None] | None = None,
     background: Sequence[Callable[[threading.Event], None]] = (),
+    on_shutdown: Sequence[Callable[[], None]] = (),
 ) -> int:
     """Run until SIGTERM or SIGINT, then finish the message in hand and leave the group."""
     configure_logging(settings.service_name, settings.log_level, settings.log_format)
@@ -74,6 +75,8 @@ def run_consumer_service(
         stop_background.set()
         for thread in threads:
             thread.join(timeout=10)
+        for shutdown in on_shutdown:
+            shutdown()
         health.close()
     return 0
 

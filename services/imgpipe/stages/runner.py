@@ -111,6 +111,10 @@ class StageRunner:
         self._max_attempts = max_attempts  # tries the runtime gives a message: 1 + retry tiers
         self._name = stage_name(work.stage)
 
+    def close(self) -> None:
+        """Deliver the last progress events before the process exits."""
+        self._progress_producer.flush(10)
+
     def handle(self, record: Record) -> list[Forward]:
         try:
             envelope = task_pb2.TaskEnvelope.FromString(record.value or b"")

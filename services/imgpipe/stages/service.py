@@ -50,4 +50,5 @@ def run_stage(settings: StageSettings, work: StageWork) -> int:
             "object_store": objects.is_reachable,
         },
         background=[terminal.run],
+        on_shutdown=[runner.close],
     )

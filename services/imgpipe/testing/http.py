@@ -11,6 +11,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socket import socket
 from typing import Any
 
+# Linux routes all of 127/8 to loopback: a server on this address stands for an allow-listed image
+# host, while 127.0.0.1 stands for an internal service that must stay unreachable.
+ALLOWED_IMAGE_HOST = "127.0.0.2"
+
 
 @dataclass(frozen=True)
 class Reply:
