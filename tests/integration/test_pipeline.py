@@ -187,3 +187,29 @@ def test_a_poison_message_on_each_topic_is_dead_lettered_and_the_partition_keeps
     ]
     for record in found:
         assert record.header(DEAD_LETTER_REASON_HEADER), record
+
+
+def test_one_task_is_one_trace_across_the_services(pipeline: LocalPipeline, api: ApiClient) -> None:
+    task_id = api.submit(TaskRequest("watercolor", image=photo_jpeg()))["id"]
+    api.wait([task_id], timeout=120)
+    bootstrap = pipeline.endpoints.kafka_bootstrap_servers
+
+    def trace_ids(key: TopicKey) -> set[str]:
+        records = read_topic(
+            bootstrap, REGISTRY.name(key), until=lambda seen: any(r.key_text == task_id for r in seen)
+        )
+        return {(r.header("traceparent") or "").split("-")[1] for r in records if r.key_text == task_id}
+
+    per_topic = {
+        key: trace_ids(key)
+        for key in (TopicKey.DETECT, TopicKey.GENERATE, TopicKey.MATTE, TopicKey.EVENTS, TopicKey.RESULT)
+    }
+    assert len(set().union(*per_topic.values())) == 1, per_topic
+    trace_id = next(iter(per_topic[TopicKey.RESULT]))
+    logged = [
+        line
+        for service in ("detect", "generate", "matte")
+        for line in pipeline.paths.log_file(service).read_text().splitlines()
+        if task_id in line
+    ]
+    assert logged and all(trace_id in line for line in logged)
