@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from imgpipe.contracts import commands as contract_commands
 from imgpipe.ingest import commands as ingest_commands
 from imgpipe.localstack import commands as stack_commands
+from imgpipe.modelserver import server as model_server
 from imgpipe.runtime.settings import SettingsError
 from imgpipe.stages import commands as stage_commands
 
@@ -23,6 +24,7 @@ REGISTRARS: tuple[Registrar, ...] = (
     contract_commands.register,
     ingest_commands.register,
     stage_commands.register,
+    model_server.register,
 )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from imgpipe.client import ApiClient, TaskRequest, TopicSubmitter
@@ -213,3 +214,25 @@ def test_one_task_is_one_trace_across_the_services(pipeline: LocalPipeline, api:
         if task_id in line
     ]
     assert logged and all(trace_id in line for line in logged)
+
+
+def test_every_service_exports_outcome_counters_latency_and_lag(
+    pipeline: LocalPipeline, api: ApiClient
+) -> None:
+    task_id = api.submit(TaskRequest("watercolor", image=photo_jpeg()))["id"]
+    api.wait([task_id], timeout=120)
+
+    def samples(service: str) -> list[tuple[str, dict[str, str]]]:
+        text = httpx.get(f"http://127.0.0.1:{pipeline.state.ports[service]}/metrics", timeout=10).text
+        return [(s.name, s.labels) for family in text_string_to_metric_families(text) for s in family.samples]
+
+    def has(service: str, name: str, **labels: str) -> bool:
+        return any(n == name and labels.items() <= got.items() for n, got in samples(service))
+
+    for stage in ("detect", "generate", "matte"):
+        assert has(stage, "imgpipe_stage_tasks_total", stage=stage, outcome="completed")
+        assert has(stage, "imgpipe_stage_duration_seconds_count", stage=stage)
+    for consumer in ("detect", "generate", "matte", "ingest-submit", "ingest-projector"):
+        assert has(consumer, "imgpipe_consumer_messages_total", outcome="ok"), consumer
+        assert has(consumer, "imgpipe_consumer_lag"), consumer
+    assert has("ingest-api", "imgpipe_api_submits_total", route="submit", outcome="accepted")
