@@ -1,0 +1,5 @@
+import sys
+
+from imgpipe.modelserver.server import main
+
+sys.exit(main())
