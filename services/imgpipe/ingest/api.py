@@ -19,7 +19,7 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from prometheus_client import Counter, Histogram, make_asgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from sqlalchemy import and_, or_, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -64,7 +64,11 @@ def create_app(deps: ApiDependencies) -> FastAPI:
     )
     app.state.deps = deps
     install_problem_handlers(app)
-    app.mount("/metrics", make_asgi_app())
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        # A route rather than a mounted app: a mount answers /metrics with a redirect to /metrics/.
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     def limit(bucket: str, rate: float, burst: float) -> None:
         wait = deps.limiter.try_acquire(bucket, rate, burst)
