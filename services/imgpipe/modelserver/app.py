@@ -41,11 +41,11 @@ from imgpipe.imaging.errors import ImageTooLarge, ModelError, PipelineError, Uns
 from imgpipe.imaging.generate import PillowStylizer, Stylizer
 from imgpipe.imaging.matte import GrabCutMatter, Matter
 from imgpipe.imaging.validate import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, encode_png, load_image, normalize
+from imgpipe.modelserver.server import DEFAULT_DETECT_MODEL
 
 log = logging.getLogger(__name__)
 
 SERVER_NAME: Final = "imgpipe-model-server"
-DEFAULT_DETECT_MODEL: Final = "pet-detector"  # StageSettings.detect_model's default
 _SIZE: Final = re.compile(r"^([1-9][0-9]{0,4})x([1-9][0-9]{0,4})$")
 
 

@@ -16,11 +16,10 @@ from typing import Final
 
 DEFAULT_PORT: Final = 8090
 API_KEY_ENV: Final = "IMGPIPE_MODEL_SERVER_API_KEY"
+DEFAULT_DETECT_MODEL: Final = "pet-detector"  # StageSettings.detect_model's default
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from imgpipe.modelserver.app import DEFAULT_DETECT_MODEL
-
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (default: %(default)s)")
     parser.add_argument(
