@@ -103,7 +103,8 @@ class ApiClient:
                     if exc.status != 404:
                         raise
                     view = {"state": "unknown", "stage": None}
-                    time.sleep(min(0.2, max(remaining, 0)))  # polling: the API cannot wait for a task it lacks
+                    # Polling: the API cannot hold a request for a task it does not know yet.
+                    time.sleep(min(0.2, max(remaining, 0)))
                 if view["state"] in TERMINAL_STATES:
                     done[task_id] = view
                     break

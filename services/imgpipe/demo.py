@@ -53,7 +53,7 @@ def run_demo(stack_name: str, timeout: float = 180.0) -> int:
         ),
     ]
     submitter.flush()
-    print(f"submitted {len(tasks)} tasks to {pipeline.api_url} and {topic}; waiting...")
+    print(f"submitted {len(tasks)} tasks to {pipeline.api_url} and the submit topic ({topic}); waiting...")
     views = api.wait([task.task_id for task in tasks], timeout)
     print(f"all ended in {time.monotonic() - started:.1f} s\n")
     for task in tasks:

@@ -6,6 +6,7 @@ input or fault, SSRF through the pipeline, kill -9 of each stage, poison message
 
 from __future__ import annotations
 
+import functools
 import io
 import uuid
 from collections.abc import Sequence
@@ -237,5 +238,5 @@ def test_every_service_exports_outcome_counters_latency_and_lag(
     for consumer in ("detect", "generate", "matte", "ingest-submit", "ingest-projector"):
         assert has(consumer, "imgpipe_consumer_messages_total", outcome="ok"), consumer
         # librdkafka reports lag with its statistics, every 15 s: a freshly restarted worker has none yet.
-        wait_until(lambda: has(consumer, "imgpipe_consumer_lag"), 40, f"{consumer} to export its lag")
+        wait_until(functools.partial(has, consumer, "imgpipe_consumer_lag"), 40, f"{consumer} to export lag")
     assert has("ingest-api", "imgpipe_api_submits_total", route="submit", outcome="accepted")

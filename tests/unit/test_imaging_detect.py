@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
-from skimage import data
 
 from imgpipe.imaging.detect import (
     Box,
@@ -20,16 +19,12 @@ from imgpipe.imaging.detect import (
     select_pet,
 )
 from imgpipe.imaging.errors import ModelError, NoPetDetected
+from imgpipe.samples import photo
 
 pytestmark = pytest.mark.unit
 
 
-def skimage_photo(name: str) -> Image.Image:
-    """One of scikit-image's sample photos (`skimage.data`'s functions are untyped)."""
-    return Image.fromarray(getattr(data, name)())
-
-
-CHELSEA = skimage_photo("chelsea")  # 451 x 300, a tabby's face filling the frame
+CHELSEA = photo("chelsea")  # 451 x 300, a tabby's face filling the frame
 # Rough landmarks of chelsea's face, in its pixel coordinates (read off the photo).
 LEFT_EYE, RIGHT_EYE, NOSE = (165, 115), (315, 135), (262, 240)
 
@@ -90,7 +85,7 @@ def test_chelsea_inside_a_larger_canvas_is_found_where_it_is(detector: HaarPetDe
 
 @pytest.mark.parametrize("name", ["astronaut", "camera", "coffee", "rocket", "coins", "immunohistochemistry"])
 def test_photos_without_a_pet_are_refused(detector: HaarPetDetector, name: str) -> None:
-    image = skimage_photo(name)
+    image = photo(name)
     detections = detector.detect(image)
     assert select_pet(detections) is None
     with pytest.raises(NoPetDetected) as caught:
@@ -114,7 +109,7 @@ def test_policy_is_configurable(detector: HaarPetDetector) -> None:
 
     # The coins' portraits fool one or two passes a little: the default policy refuses them, a policy
     # that accepts any single weak hit does not.
-    coins = detector.detect(skimage_photo("coins"))
+    coins = detector.detect(photo("coins"))
     assert coins, "expected weak candidates on the coins"
     assert select_pet(coins) is None
     assert select_pet(coins, PetPolicy(min_score=0, min_support=1)) is not None

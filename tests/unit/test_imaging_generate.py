@@ -6,7 +6,6 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
-from skimage import data
 
 from imgpipe.imaging.arrays import U8Array
 from imgpipe.imaging.errors import ModelError
@@ -19,16 +18,12 @@ from imgpipe.imaging.generate import (
     describe_effects,
     plan_effects,
 )
+from imgpipe.samples import photo
 
 pytestmark = pytest.mark.unit
 
 
-def skimage_photo(name: str) -> Image.Image:
-    """One of scikit-image's sample photos (`skimage.data`'s functions are untyped)."""
-    return Image.fromarray(getattr(data, name)())
-
-
-CHELSEA = skimage_photo("chelsea")  # 451 x 300 RGB
+CHELSEA = photo("chelsea")  # 451 x 300 RGB
 STYLE_PROMPTS = {
     "painterly": "my cat, but nicer",
     "watercolor": "a watercolor painting",

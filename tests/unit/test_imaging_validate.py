@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
-from skimage import data
 
 from imgpipe.imaging.errors import ErrorCode, ImageTooLarge, InvalidImage, UnsupportedFormat
 from imgpipe.imaging.validate import (
@@ -20,16 +19,12 @@ from imgpipe.imaging.validate import (
     normalize,
     sniff_format,
 )
+from imgpipe.samples import photo
 
 pytestmark = pytest.mark.unit
 
 
-def skimage_photo(name: str) -> Image.Image:
-    """One of scikit-image's sample photos (`skimage.data`'s functions are untyped)."""
-    return Image.fromarray(getattr(data, name)())
-
-
-CHELSEA = skimage_photo("chelsea")  # 451 x 300 RGB
+CHELSEA = photo("chelsea")  # 451 x 300 RGB
 
 
 def encode(image: Image.Image, fmt: str, **options: Any) -> bytes:

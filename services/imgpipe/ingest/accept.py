@@ -54,7 +54,9 @@ class NewTask:
     time_limit_seconds: float | None = None  # shorter than the service's limit, or None for it
 
     @classmethod
-    def from_submission(cls, body: SubmitTask, image_bytes: bytes | None, idempotency_key: str | None) -> NewTask:
+    def from_submission(
+        cls, body: SubmitTask, image_bytes: bytes | None, idempotency_key: str | None
+    ) -> NewTask:
         return cls(
             prompt=body.prompt,
             image_url=str(body.image_url) if body.image_url else None,

@@ -24,7 +24,6 @@ from imgpipe.runtime.kafka import Forward, Record
 log = logging.getLogger(__name__)
 
 
-
 class SubmitConsumer:
     def __init__(self, acceptor: TaskAcceptor, submit_topic: TopicSpec) -> None:
         self._acceptor = acceptor
