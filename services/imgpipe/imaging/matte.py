@@ -60,6 +60,9 @@ class GrabCutMatter:
         seeds = self._seeds(small.shape[:2], small_hint, small_alpha)
         background_model = np.zeros((1, 65), np.float64)
         foreground_model = np.zeros((1, 65), np.float64)
+        # GrabCut seeds its colour models with k-means on OpenCV's thread-local RNG: a fixed seed makes
+        # the matte a function of its input, so a redone task stores the same artifact.
+        cv2.setRNGSeed(0)
         try:
             cv2.grabCut(
                 cv2.cvtColor(small, cv2.COLOR_RGB2BGR),
