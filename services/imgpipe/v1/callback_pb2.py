@@ -23,22 +23,31 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from imgpipe.v1 import result_pb2 as imgpipe_dot_v1_dot_result__pb2
 from imgpipe.v1 import task_pb2 as imgpipe_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19imgpipe/v1/callback.proto\x12\nimgpipe.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15imgpipe/v1/task.proto\"\xa2\x02\n\x0f\x43\x61llbackAttempt\x12\x12\n\nwebhook_id\x18\x01 \x01(\t\x12\x10\n\x08task_ids\x18\x02 \x03(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12\x13\n\x0bstatus_code\x18\x05 \x01(\r\x12\x12\n\nlatency_ms\x18\x06 \x01(\r\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x30\n\x0c\x61ttempted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x07outcome\x18\t \x01(\x0e\x32\x1b.imgpipe.v1.CallbackOutcome\x12\x33\n\x0fnext_attempt_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9e\x02\n\x0e\x43\x61llbackPolicy\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05scope\x18\x02 \x01(\x0e\x32\x17.imgpipe.v1.PolicyScope\x12\x17\n\x0frate_per_second\x18\x03 \x01(\x01\x12\r\n\x05\x62urst\x18\x04 \x01(\r\x12\x12\n\nbatch_size\x18\x05 \x01(\r\x12\x14\n\x0cmax_delay_ms\x18\x06 \x01(\r\x12/\n\rmode_override\x18\x07 \x01(\x0e\x32\x18.imgpipe.v1.CallbackMode\x12\x12\n\ntimeout_ms\x18\x08 \x01(\r\x12\x10\n\x08\x64isabled\x18\t \x01(\x08\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xd1\x01\n\x0f\x43\x61llbackOutcome\x12 \n\x1c\x43\x41LLBACK_OUTCOME_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x43\x41LLBACK_OUTCOME_DELIVERED\x10\x01\x12\x1d\n\x19\x43\x41LLBACK_OUTCOME_RETRYING\x10\x02\x12\x1b\n\x17\x43\x41LLBACK_OUTCOME_FAILED\x10\x03\x12\x1d\n\x19\x43\x41LLBACK_OUTCOME_DISABLED\x10\x04\x12!\n\x1d\x43\x41LLBACK_OUTCOME_RATE_LIMITED\x10\x05*X\n\x0bPolicyScope\x12\x1c\n\x18POLICY_SCOPE_UNSPECIFIED\x10\x00\x12\x14\n\x10POLICY_SCOPE_URL\x10\x01\x12\x15\n\x11POLICY_SCOPE_HOST\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19imgpipe/v1/callback.proto\x12\nimgpipe.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17imgpipe/v1/result.proto\x1a\x15imgpipe/v1/task.proto\"\xa2\x02\n\x0f\x43\x61llbackAttempt\x12\x12\n\nwebhook_id\x18\x01 \x01(\t\x12\x10\n\x08task_ids\x18\x02 \x03(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12\x13\n\x0bstatus_code\x18\x05 \x01(\r\x12\x12\n\nlatency_ms\x18\x06 \x01(\r\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x30\n\x0c\x61ttempted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x07outcome\x18\t \x01(\x0e\x32\x1b.imgpipe.v1.CallbackOutcome\x12\x33\n\x0fnext_attempt_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9e\x02\n\x0e\x43\x61llbackPolicy\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05scope\x18\x02 \x01(\x0e\x32\x17.imgpipe.v1.PolicyScope\x12\x17\n\x0frate_per_second\x18\x03 \x01(\x01\x12\r\n\x05\x62urst\x18\x04 \x01(\r\x12\x12\n\nbatch_size\x18\x05 \x01(\r\x12\x14\n\x0cmax_delay_ms\x18\x06 \x01(\r\x12/\n\rmode_override\x18\x07 \x01(\x0e\x32\x18.imgpipe.v1.CallbackMode\x12\x12\n\ntimeout_ms\x18\x08 \x01(\r\x12\x10\n\x08\x64isabled\x18\t \x01(\x08\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe6\x01\n\x0f\x44\x65liveryOutcome\x12\x12\n\nwebhook_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12,\n\x07verdict\x18\x03 \x01(\x0e\x32\x1b.imgpipe.v1.DeliveryVerdict\x12\x13\n\x0bstatus_code\x18\x04 \x01(\r\x12\x12\n\nlatency_ms\x18\x05 \x01(\r\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x16\n\x0eretry_after_ms\x18\x07 \x01(\r\x12\x30\n\x0c\x61ttempted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x08\n\x06Wakeup\"\xaf\x01\n\x0f\x43\x61llbackCommand\x12(\n\x06result\x18\x01 \x01(\x0b\x32\x16.imgpipe.v1.TaskResultH\x00\x12.\n\x07outcome\x18\x02 \x01(\x0b\x32\x1b.imgpipe.v1.DeliveryOutcomeH\x00\x12$\n\x06wakeup\x18\x03 \x01(\x0b\x32\x12.imgpipe.v1.WakeupH\x00\x12\x11\n\treplay_id\x18\x04 \x01(\tB\t\n\x07\x63ommand*\xd1\x01\n\x0f\x43\x61llbackOutcome\x12 \n\x1c\x43\x41LLBACK_OUTCOME_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x43\x41LLBACK_OUTCOME_DELIVERED\x10\x01\x12\x1d\n\x19\x43\x41LLBACK_OUTCOME_RETRYING\x10\x02\x12\x1b\n\x17\x43\x41LLBACK_OUTCOME_FAILED\x10\x03\x12\x1d\n\x19\x43\x41LLBACK_OUTCOME_DISABLED\x10\x04\x12!\n\x1d\x43\x41LLBACK_OUTCOME_RATE_LIMITED\x10\x05*X\n\x0bPolicyScope\x12\x1c\n\x18POLICY_SCOPE_UNSPECIFIED\x10\x00\x12\x14\n\x10POLICY_SCOPE_URL\x10\x01\x12\x15\n\x11POLICY_SCOPE_HOST\x10\x02*\xa8\x01\n\x0f\x44\x65liveryVerdict\x12 \n\x1c\x44\x45LIVERY_VERDICT_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x44\x45LIVERY_VERDICT_DELIVERED\x10\x01\x12\x1a\n\x16\x44\x45LIVERY_VERDICT_RETRY\x10\x02\x12\x19\n\x15\x44\x45LIVERY_VERDICT_GONE\x10\x03\x12\x1c\n\x18\x44\x45LIVERY_VERDICT_REFUSED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'imgpipe.v1.callback_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CALLBACKOUTCOME']._serialized_start=680
-  _globals['_CALLBACKOUTCOME']._serialized_end=889
-  _globals['_POLICYSCOPE']._serialized_start=891
-  _globals['_POLICYSCOPE']._serialized_end=979
-  _globals['_CALLBACKATTEMPT']._serialized_start=98
-  _globals['_CALLBACKATTEMPT']._serialized_end=388
-  _globals['_CALLBACKPOLICY']._serialized_start=391
-  _globals['_CALLBACKPOLICY']._serialized_end=677
+  _globals['_CALLBACKOUTCOME']._serialized_start=1126
+  _globals['_CALLBACKOUTCOME']._serialized_end=1335
+  _globals['_POLICYSCOPE']._serialized_start=1337
+  _globals['_POLICYSCOPE']._serialized_end=1425
+  _globals['_DELIVERYVERDICT']._serialized_start=1428
+  _globals['_DELIVERYVERDICT']._serialized_end=1596
+  _globals['_CALLBACKATTEMPT']._serialized_start=123
+  _globals['_CALLBACKATTEMPT']._serialized_end=413
+  _globals['_CALLBACKPOLICY']._serialized_start=416
+  _globals['_CALLBACKPOLICY']._serialized_end=702
+  _globals['_DELIVERYOUTCOME']._serialized_start=705
+  _globals['_DELIVERYOUTCOME']._serialized_end=935
+  _globals['_WAKEUP']._serialized_start=937
+  _globals['_WAKEUP']._serialized_end=945
+  _globals['_CALLBACKCOMMAND']._serialized_start=948
+  _globals['_CALLBACKCOMMAND']._serialized_end=1123
 # @@protoc_insertion_point(module_scope)

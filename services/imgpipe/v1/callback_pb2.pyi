@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from imgpipe.v1 import result_pb2 as _result_pb2
 from imgpipe.v1 import task_pb2 as _task_pb2
 import builtins as _builtins
 import sys
@@ -72,6 +73,36 @@ POLICY_SCOPE_UNSPECIFIED: PolicyScope.ValueType  # 0
 POLICY_SCOPE_URL: PolicyScope.ValueType  # 1
 POLICY_SCOPE_HOST: PolicyScope.ValueType  # 2
 Global___PolicyScope: _TypeAlias = PolicyScope  # noqa: Y015
+
+class _DeliveryVerdict:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeliveryVerdictEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeliveryVerdict.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DELIVERY_VERDICT_UNSPECIFIED: _DeliveryVerdict.ValueType  # 0
+    DELIVERY_VERDICT_DELIVERED: _DeliveryVerdict.ValueType  # 1
+    """2xx."""
+    DELIVERY_VERDICT_RETRY: _DeliveryVerdict.ValueType  # 2
+    """Any other answer, no answer, or a timeout: try again later (Retry-After honoured for 429/503)."""
+    DELIVERY_VERDICT_GONE: _DeliveryVerdict.ValueType  # 3
+    """410 Gone: the receiver asked to stop; the URL is disabled."""
+    DELIVERY_VERDICT_REFUSED: _DeliveryVerdict.ValueType  # 4
+    """The egress policy refuses the URL (SSRF guard): retrying cannot help."""
+
+class DeliveryVerdict(_DeliveryVerdict, metaclass=_DeliveryVerdictEnumTypeWrapper):
+    """How one send of a callback request ended, as the sender reports it back to the URL's queue."""
+
+DELIVERY_VERDICT_UNSPECIFIED: DeliveryVerdict.ValueType  # 0
+DELIVERY_VERDICT_DELIVERED: DeliveryVerdict.ValueType  # 1
+"""2xx."""
+DELIVERY_VERDICT_RETRY: DeliveryVerdict.ValueType  # 2
+"""Any other answer, no answer, or a timeout: try again later (Retry-After honoured for 429/503)."""
+DELIVERY_VERDICT_GONE: DeliveryVerdict.ValueType  # 3
+"""410 Gone: the receiver asked to stop; the URL is disabled."""
+DELIVERY_VERDICT_REFUSED: DeliveryVerdict.ValueType  # 4
+"""The egress policy refuses the URL (SSRF guard): retrying cannot help."""
+Global___DeliveryVerdict: _TypeAlias = DeliveryVerdict  # noqa: Y015
 
 @_typing.final
 class CallbackAttempt(_message.Message):
@@ -191,3 +222,105 @@ class CallbackPolicy(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CallbackPolicy: _TypeAlias = CallbackPolicy  # noqa: Y015
+
+@_typing.final
+class DeliveryOutcome(_message.Message):
+    """The result of one send, fed back to the URL's queue so that its state changes only in the agent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    STATUS_CODE_FIELD_NUMBER: _builtins.int
+    LATENCY_MS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    RETRY_AFTER_MS_FIELD_NUMBER: _builtins.int
+    ATTEMPTED_AT_FIELD_NUMBER: _builtins.int
+    webhook_id: _builtins.str
+    attempt: _builtins.int
+    verdict: Global___DeliveryVerdict.ValueType
+    status_code: _builtins.int
+    """0 when no response arrived."""
+    latency_ms: _builtins.int
+    error: _builtins.str
+    retry_after_ms: _builtins.int
+    """From Retry-After; 0 when absent."""
+    @_builtins.property
+    def attempted_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        webhook_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        verdict: Global___DeliveryVerdict.ValueType = ...,
+        status_code: _builtins.int = ...,
+        latency_ms: _builtins.int = ...,
+        error: _builtins.str = ...,
+        retry_after_ms: _builtins.int = ...,
+        attempted_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attempted_at", b"attempted_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempted_at", b"attempted_at", "error", b"error", "latency_ms", b"latency_ms", "retry_after_ms", b"retry_after_ms", "status_code", b"status_code", "verdict", b"verdict", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliveryOutcome: _TypeAlias = DeliveryOutcome  # noqa: Y015
+
+@_typing.final
+class Wakeup(_message.Message):
+    """Ask the URL's queue to look again (a due batch, retry or rate-limit deferral)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Wakeup: _TypeAlias = Wakeup  # noqa: Y015
+
+@_typing.final
+class CallbackCommand(_message.Message):
+    """What the callback app's per-URL agent consumes from the callback requests topic, keyed by the
+    callback URL: every change to a URL's state arrives as one of these.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    WAKEUP_FIELD_NUMBER: _builtins.int
+    REPLAY_ID_FIELD_NUMBER: _builtins.int
+    replay_id: _builtins.str
+    """Set on results re-sent by the admin replay: the delivery gets a new webhook-id."""
+    @_builtins.property
+    def result(self) -> _result_pb2.TaskResult:
+        """A task ended and wants its callback."""
+
+    @_builtins.property
+    def outcome(self) -> Global___DeliveryOutcome: ...
+    @_builtins.property
+    def wakeup(self) -> Global___Wakeup: ...
+    def __init__(
+        self,
+        *,
+        result: _result_pb2.TaskResult | None = ...,
+        outcome: Global___DeliveryOutcome | None = ...,
+        wakeup: Global___Wakeup | None = ...,
+        replay_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "outcome", b"outcome", "result", b"result", "wakeup", b"wakeup"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "outcome", b"outcome", "replay_id", b"replay_id", "result", b"result", "wakeup", b"wakeup"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["result", "outcome", "wakeup"]  # noqa: Y015
+    _WhichOneofArgType_command: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_command) -> _WhichOneofReturnType_command | None: ...
+
+Global___CallbackCommand: _TypeAlias = CallbackCommand  # noqa: Y015
