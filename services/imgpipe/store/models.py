@@ -88,6 +88,7 @@ class Task(Base):
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_tasks_tenant_idempotency_key"),
         Index("ix_tasks_tenant_created", "tenant_id", "created_at"),
         Index("ix_tasks_state_deadline", "state", "deadline_at"),
+        Index("ix_tasks_callback_url_completed", "callback_url", "completed_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
@@ -110,6 +111,13 @@ class Task(Base):
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
     result_object_key: Mapped[str | None] = mapped_column(Text)
+    # The rest of the result artifact and the failing stage, kept so a replayed callback is the original.
+    result_content_type: Mapped[str | None] = mapped_column(String(100))
+    result_width: Mapped[int | None] = mapped_column(Integer)
+    result_height: Mapped[int | None] = mapped_column(Integer)
+    result_size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    result_sha256: Mapped[str | None] = mapped_column(String(64))
+    error_stage: Mapped[str | None] = mapped_column(String(32))
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -117,6 +125,42 @@ class Task(Base):
     deadline_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     processing_ms: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class CallbackOutcome(enum.StrEnum):
+    """CallbackAttempt.outcome (proto CallbackOutcome) without its prefix, lower-case."""
+
+    DELIVERED = "delivered"
+    RETRYING = "retrying"
+    FAILED = "failed"
+    DISABLED = "disabled"
+    RATE_LIMITED = "rate_limited"
+
+
+class CallbackAttempt(Base):
+    """One callback delivery attempt for one task, projected from the events topic. A batched attempt
+    has one row per task in the batch (the same webhook_id). The unique key drops replayed events."""
+
+    __tablename__ = "callback_attempts"
+    __table_args__ = (
+        UniqueConstraint(
+            "task_id", "webhook_id", "attempt", "outcome", name="uq_callback_attempts_task_webhook_attempt"
+        ),
+        Index("ix_callback_attempts_task_attempted", "task_id", "attempted_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    task_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
+    webhook_id: Mapped[str] = mapped_column(Text)
+    attempt: Mapped[int] = mapped_column(Integer)
+    url: Mapped[str] = mapped_column(Text)
+    status_code: Mapped[int | None] = mapped_column(Integer)  # None: no response arrived
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    # Text rather than a Postgres enum: the callback service may add outcomes before ingest knows them.
+    outcome: Mapped[str] = mapped_column(String(32))
+    attempted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class OutboxMessage(Base):
