@@ -1,7 +1,8 @@
 """Guarded GET (redirects followed, each hop re-checked) and POST (redirects refused), sync and async.
 
-Every call has a deadline of `policy.total_timeout` over all hops and the body, and reads at most
-`policy.max_bytes` of body. httpx errors come out as `FetchFailed`; refusals as `EgressRefused`.
+Every call has a deadline of `policy.total_timeout` over all hops and the body (the async `post` may
+set its own), and reads at most `policy.max_bytes` of body. httpx errors come out as `FetchFailed`;
+refusals as `EgressRefused`.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class GuardedClient:
         deadline = time.monotonic() + self.policy.total_timeout
         target = _parse(url, self.policy)
         for _ in range(self.policy.max_redirects + 1):
-            timeout = _hop_timeout(self.policy, deadline)
+            timeout = _hop_timeout(self.policy, deadline, self.policy.total_timeout)
             request = self._client.build_request(
                 method, target, content=content, headers=headers, timeout=timeout
             )
@@ -89,7 +90,7 @@ class GuardedClient:
                             if _append_capped(body, chunk, self.policy, truncate=not follow):
                                 break
                             if time.monotonic() > deadline:
-                                raise _timed_out(self.policy)
+                                raise _timed_out(self.policy.total_timeout)
                         return _fetched(response, body)
                 finally:
                     response.close()
@@ -130,27 +131,55 @@ class AsyncGuardedClient:
         """GET `url`, following up to `max_redirects` redirects; the body must fit `max_bytes`."""
         return await self._send("GET", url, content=None, headers=None, follow=True)
 
-    async def post(self, url: str, *, content: bytes, headers: Mapping[str, str] | None = None) -> Fetched:
+    async def post(
+        self,
+        url: str,
+        *,
+        content: bytes,
+        headers: Mapping[str, str] | None = None,
+        total_timeout: float | None = None,
+    ) -> Fetched:
         """POST without following redirects (a 3xx is `EgressRefused`); the response body is kept up to
-        `max_bytes`, the rest is not read."""
-        return await self._send("POST", url, content=content, headers=headers, follow=False)
+        `max_bytes`, the rest is not read. `total_timeout` (seconds, > 0) replaces the policy's for this
+        call, e.g. a per-URL webhook timeout."""
+        if total_timeout is not None and not total_timeout > 0:
+            raise ValueError(f"total_timeout must be > 0, got {total_timeout}")
+        total = self.policy.total_timeout if total_timeout is None else total_timeout
+        return await self._send("POST", url, content=content, headers=headers, follow=False, total=total)
 
     async def _send(
-        self, method: str, url: str, *, content: bytes | None, headers: Mapping[str, str] | None, follow: bool
+        self,
+        method: str,
+        url: str,
+        *,
+        content: bytes | None,
+        headers: Mapping[str, str] | None,
+        follow: bool,
+        total: float | None = None,
     ) -> Fetched:
+        total = self.policy.total_timeout if total is None else total
         try:
-            with anyio.fail_after(self.policy.total_timeout):
-                return await self._hops(method, url, content=content, headers=headers, follow=follow)
+            with anyio.fail_after(total):
+                return await self._hops(
+                    method, url, content=content, headers=headers, follow=follow, total=total
+                )
         except TimeoutError:
-            raise _timed_out(self.policy) from None
+            raise _timed_out(total) from None
 
     async def _hops(
-        self, method: str, url: str, *, content: bytes | None, headers: Mapping[str, str] | None, follow: bool
+        self,
+        method: str,
+        url: str,
+        *,
+        content: bytes | None,
+        headers: Mapping[str, str] | None,
+        follow: bool,
+        total: float,
     ) -> Fetched:
-        deadline = time.monotonic() + self.policy.total_timeout
+        deadline = time.monotonic() + total
         target = _parse(url, self.policy)
         for _ in range(self.policy.max_redirects + 1):
-            timeout = _hop_timeout(self.policy, deadline)
+            timeout = _hop_timeout(self.policy, deadline, total)
             request = self._client.build_request(
                 method, target, content=content, headers=headers, timeout=timeout
             )
@@ -191,11 +220,11 @@ def _parse(url: str, policy: EgressPolicy) -> httpx.URL:
     return parsed
 
 
-def _hop_timeout(policy: EgressPolicy, deadline: float) -> httpx.Timeout:
+def _hop_timeout(policy: EgressPolicy, deadline: float, total: float) -> httpx.Timeout:
     """Each network wait of a hop is bounded by the time left when the hop starts."""
     remaining = deadline - time.monotonic()
     if remaining <= 0:
-        raise _timed_out(policy)
+        raise _timed_out(total)
     return httpx.Timeout(remaining, connect=min(policy.connect_timeout, remaining))
 
 
@@ -223,7 +252,12 @@ def _check_final(response: httpx.Response, policy: EgressPolicy, *, truncate: bo
     status = response.status_code
     if not 200 <= status < 300:
         retryable = status >= 500 or status in (408, 429)
-        raise FetchFailed(f"{response.request.url} answered {status}", retryable=retryable, status=status)
+        raise FetchFailed(
+            f"{response.request.url} answered {status}",
+            retryable=retryable,
+            status=status,
+            headers=response.headers,
+        )
     declared = response.headers.get("Content-Length", "")
     if not truncate and declared.isdigit() and int(declared) > policy.max_bytes:
         raise ResponseTooLarge(f"Content-Length {declared} is over the limit of {policy.max_bytes} bytes")
@@ -268,8 +302,8 @@ def _is_certificate_error(exc: BaseException | None) -> bool:
     return False
 
 
-def _timed_out(policy: EgressPolicy) -> FetchFailed:
-    return FetchFailed(f"not done within {policy.total_timeout} s", retryable=True)
+def _timed_out(seconds: float) -> FetchFailed:
+    return FetchFailed(f"not done within {seconds} s", retryable=True)
 
 
 def _too_many_redirects(url: str, policy: EgressPolicy) -> FetchFailed:

@@ -9,6 +9,8 @@ certificate, a name that does not exist).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from imgpipe.imaging.errors import ErrorCode, PipelineError
 
 
@@ -20,13 +22,23 @@ class EgressRefused(PipelineError):
 
 
 class FetchFailed(PipelineError):
-    """The request did not produce a usable response. `status` is the HTTP status when there was one."""
+    """The request did not produce a usable response. `status` is the HTTP status when there was one,
+    and `headers` that response's headers (case-insensitive; empty without a response), e.g. for
+    Retry-After."""
 
     code = ErrorCode.FETCH_FAILED
 
-    def __init__(self, message: str, *, retryable: bool, status: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        status: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message, retryable=retryable)
         self.status = status
+        self.headers: Mapping[str, str] = headers if headers is not None else {}
 
 
 class ResponseTooLarge(PipelineError):
