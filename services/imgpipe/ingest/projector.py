@@ -1,7 +1,12 @@
-"""The projector: stage events and terminal results, written into the task table in batches.
+"""The projector: stage events, terminal results and callback attempts, written into Postgres in batches.
 
 States only move forward: a terminal task is never touched again, progress never decreases, and
 the first start time wins. So replays and out-of-order events are harmless.
+
+Callback attempts are inserted once per (task, webhook_id, attempt, outcome); only newly inserted
+attempts move `callback_status`: DELIVERED makes it `delivered` (final), FAILED and DISABLED make a
+`pending` one `failed`, RETRYING and RATE_LIMITED leave it. An admin replay sets `failed` back to
+`pending`, so the replay's own attempts decide again; nothing moves a task off `delivered`.
 """
 
 from __future__ import annotations
@@ -13,15 +18,23 @@ from datetime import UTC
 
 from google.protobuf.message import DecodeError
 from prometheus_client import Counter
-from sqlalchemy import func, update
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from imgpipe.contracts.payloads import stage_name
 from imgpipe.contracts.registry import Registry, TopicKey
 from imgpipe.runtime.consumer import PoisonMessage
 from imgpipe.runtime.kafka import Forward, Record
-from imgpipe.store.models import TERMINAL_STATES, Task, TaskState
-from imgpipe.v1 import events_pb2, result_pb2, task_pb2
+from imgpipe.store.models import (
+    TERMINAL_STATES,
+    CallbackAttempt,
+    CallbackOutcome,
+    CallbackStatus,
+    Task,
+    TaskState,
+)
+from imgpipe.v1 import callback_pb2, events_pb2, result_pb2, task_pb2
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +46,18 @@ _RESULT_STATES = {
     task_pb2.TASK_STATE_CANCELED: TaskState.CANCELED,
 }
 
+_OUTCOMES = {
+    callback_pb2.CALLBACK_OUTCOME_DELIVERED: CallbackOutcome.DELIVERED,
+    callback_pb2.CALLBACK_OUTCOME_RETRYING: CallbackOutcome.RETRYING,
+    callback_pb2.CALLBACK_OUTCOME_FAILED: CallbackOutcome.FAILED,
+    callback_pb2.CALLBACK_OUTCOME_DISABLED: CallbackOutcome.DISABLED,
+    callback_pb2.CALLBACK_OUTCOME_RATE_LIMITED: CallbackOutcome.RATE_LIMITED,
+}
+_FINAL_FAILURES = frozenset({CallbackOutcome.FAILED, CallbackOutcome.DISABLED})
+_NOT_SENT = frozenset({CallbackOutcome.DISABLED, CallbackOutcome.RATE_LIMITED})
+_INSERT_CHUNK = 500  # rows per INSERT statement (11 parameters each, under Postgres's 65535)
+_MAX_ERROR_CHARS = 2000
+
 
 def error_code_name(code: task_pb2.ErrorCode.ValueType) -> str:
     return task_pb2.ErrorCode.Name(code).removeprefix("ERROR_CODE_").lower()
@@ -42,6 +67,7 @@ def error_code_name(code: task_pb2.ErrorCode.ValueType) -> str:
 class _Pending:
     progress: list[events_pb2.TaskEvent] = field(default_factory=list)
     results: list[result_pb2.TaskResult] = field(default_factory=list)
+    attempts: list[events_pb2.TaskEvent] = field(default_factory=list)
 
 
 class Projector:
@@ -63,22 +89,27 @@ class Projector:
                 _checked_task_id(event.task_id, record.topic)
                 if event.HasField("stage_progress"):
                     self._pending.progress.append(event)
+                elif event.HasField("callback_attempt"):
+                    self._pending.attempts.append(event)
         except DecodeError as exc:
             raise PoisonMessage(f"not a protobuf {record.topic} value: {exc}") from exc
         return []
 
     def write_batch(self) -> None:
-        """One transaction per consumed batch: progress first, then terminal results."""
+        """One transaction per consumed batch: progress first, then terminal results, then callback
+        attempts. If it raises, the consume loop redoes the whole batch (handle() refills it)."""
         pending, self._pending = self._pending, _Pending()
-        if not pending.progress and not pending.results:
+        if not pending.progress and not pending.results and not pending.attempts:
             return
         with self._sessions.begin() as session:
             for event in pending.progress:
                 self._apply_progress(session, event)
             for result in pending.results:
                 self._apply_result(session, result)
+            inserted = self._apply_attempts(session, pending.attempts)
         PROJECTED.labels("progress").inc(len(pending.progress))
         PROJECTED.labels("result").inc(len(pending.results))
+        PROJECTED.labels("callback_attempt").inc(inserted)
 
     def _apply_progress(self, session: Session, event: events_pb2.TaskEvent) -> None:
         progress = event.stage_progress
@@ -111,16 +142,86 @@ class Projector:
         if result.HasField("started_at"):
             values["started_at"] = func.coalesce(Task.started_at, result.started_at.ToDatetime(tzinfo=UTC))
         if result.HasField("result"):
-            values["result_object_key"] = result.result.object_key
+            artifact = result.result
+            values["result_object_key"] = artifact.object_key
+            values["result_content_type"] = artifact.content_type or None
+            values["result_width"] = artifact.width or None
+            values["result_height"] = artifact.height or None
+            values["result_size_bytes"] = artifact.size_bytes or None
+            values["result_sha256"] = artifact.sha256 or None
         if result.HasField("error"):
             values["error_code"] = error_code_name(result.error.code)
             values["error_message"] = result.error.message
             values["stage"] = stage_name(result.error.stage) if result.error.stage else Task.stage
+            values["error_stage"] = stage_name(result.error.stage) if result.error.stage else None
         session.execute(
             update(Task)
             .where(Task.id == uuid.UUID(result.task_id), Task.state.not_in(TERMINAL_STATES))
             .values(**values)
         )
+
+    def _apply_attempts(self, session: Session, events: list[events_pb2.TaskEvent]) -> int:
+        """Insert the attempts not seen before and move callback_status by those; returns how many."""
+        rows = [row for row in map(_attempt_row, events) if row is not None]
+        if not rows:
+            return 0
+        known = set(session.scalars(select(Task.id).where(Task.id.in_({row["task_id"] for row in rows}))))
+        unknown = [row for row in rows if row["task_id"] not in known]
+        if unknown:
+            # An attempt row needs its task (foreign key); an unknown id is someone else's bug, not a retry.
+            log.warning("ignored %d callback attempts of unknown tasks, e.g. %s", len(unknown), unknown[0])
+            rows = [row for row in rows if row["task_id"] in known]
+        new: list[tuple[uuid.UUID, str]] = []
+        for start in range(0, len(rows), _INSERT_CHUNK):
+            statement = (
+                insert(CallbackAttempt)
+                .values(rows[start : start + _INSERT_CHUNK])
+                .on_conflict_do_nothing()
+                .returning(CallbackAttempt.task_id, CallbackAttempt.outcome)
+            )
+            new += [(task_id, outcome) for task_id, outcome in session.execute(statement)]
+        delivered = {task_id for task_id, outcome in new if outcome == CallbackOutcome.DELIVERED}
+        failed = {task_id for task_id, outcome in new if outcome in _FINAL_FAILURES} - delivered
+        if delivered:
+            session.execute(
+                update(Task)
+                .where(
+                    Task.id.in_(delivered),
+                    Task.callback_status.in_([CallbackStatus.PENDING, CallbackStatus.FAILED]),
+                )
+                .values(callback_status=CallbackStatus.DELIVERED, updated_at=func.now())
+            )
+        if failed:
+            session.execute(
+                update(Task)
+                .where(Task.id.in_(failed), Task.callback_status == CallbackStatus.PENDING)
+                .values(callback_status=CallbackStatus.FAILED, updated_at=func.now())
+            )
+        return len(new)
+
+
+def _attempt_row(event: events_pb2.TaskEvent) -> dict[str, object] | None:
+    attempt = event.callback_attempt
+    outcome = _OUTCOMES.get(attempt.outcome)
+    if outcome is None:
+        log.error("callback attempt for %s has no outcome (%s); ignored", event.task_id, attempt.outcome)
+        return None
+    stamp = attempt.attempted_at if attempt.HasField("attempted_at") else event.occurred_at
+    return {
+        "task_id": uuid.UUID(event.task_id),
+        "webhook_id": attempt.webhook_id,
+        "attempt": attempt.attempt,
+        "url": attempt.url,
+        "status_code": attempt.status_code or None,  # 0: no response arrived
+        # DISABLED and RATE_LIMITED attempts sent nothing, so they have no latency.
+        "latency_ms": None if outcome in _NOT_SENT else attempt.latency_ms,
+        "error": attempt.error[:_MAX_ERROR_CHARS] or None,
+        "outcome": outcome.value,
+        "attempted_at": stamp.ToDatetime(tzinfo=UTC),
+        "next_attempt_at": attempt.next_attempt_at.ToDatetime(tzinfo=UTC)
+        if attempt.HasField("next_attempt_at")
+        else None,
+    }
 
 
 def _checked_task_id(text: str, topic: str) -> uuid.UUID:
