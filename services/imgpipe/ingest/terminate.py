@@ -17,15 +17,13 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from imgpipe.ingest import outbox
+from imgpipe.ingest.results import task_result
 from imgpipe.store.models import TERMINAL_STATES, Task, TaskState
-from imgpipe.v1 import result_pb2, task_pb2
 
 log = logging.getLogger(__name__)
 
 REAPED = Counter("imgpipe_tasks_reaped_total", "Tasks failed with `timeout` by the deadline reaper")
 _REAPER_LOCK_ID = 0x1A6E_0001  # pg advisory lock: one reaper at a time across replicas
-_STATES = {TaskState.CANCELED: task_pb2.TASK_STATE_CANCELED, TaskState.FAILED: task_pb2.TASK_STATE_FAILED}
-_CODES = {"canceled": task_pb2.ERROR_CODE_CANCELED, "timeout": task_pb2.ERROR_CODE_TIMEOUT}
 
 
 def finish(
@@ -38,26 +36,7 @@ def finish(
     task.error_message = message
     task.completed_at = now
     task.processing_ms = int((now - task.created_at).total_seconds() * 1000)
-    result = result_pb2.TaskResult(
-        task_id=str(task.id),
-        tenant_id=task.tenant_id,
-        state=_STATES[state],
-        error=task_pb2.TaskError(code=_CODES[code], message=message),
-        processing_ms=task.processing_ms,
-        metadata=task.metadata_,
-    )
-    result.created_at.FromDatetime(task.created_at)
-    result.completed_at.FromDatetime(now)
-    if task.started_at is not None:
-        result.started_at.FromDatetime(task.started_at)
-    if task.callback_url:
-        result.callback.url = task.callback_url
-        result.callback.mode = (
-            task_pb2.CALLBACK_MODE_BATCHED
-            if task.callback_mode == "batched"
-            else task_pb2.CALLBACK_MODE_IMMEDIATE
-        )
-        result.callback.include_inline_result = task.include_inline_result
+    result = task_result(task)
     outbox.enqueue(session, result_topic, str(task.id), result.SerializeToString())
 
 
