@@ -1,8 +1,9 @@
-"""The HTTP API (FastAPI): submit, batch submit, get (with Prefer: wait), cancel, list.
+"""The HTTP API (FastAPI): submit, batch submit, get (with Prefer: wait), cancel, list, the tenant's
+webhook signing secrets, and the admin API (admin_api.py).
 
 Errors are RFC 7807 problem+json. Every /v1 route needs a tenant API key (`Authorization: Bearer`
-or `X-API-Key`); submits are limited per tenant by token buckets, the batch route by its own,
-stricter one, answering 429 with Retry-After.
+or `X-API-Key`), except /v1/admin, which needs the admin token; submits are limited per tenant by
+token buckets, the batch route by its own, stricter one, answering 429 with Retry-After.
 """
 
 from __future__ import annotations
@@ -24,14 +25,18 @@ from sqlalchemy import and_, or_, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from imgpipe.ingest.accept import ImageTooLarge, NewTask, TaskAcceptor
+from imgpipe.ingest.admin_api import admin_router
+from imgpipe.ingest.callback_admin import CallbackAdmin
 from imgpipe.ingest.models import (
     BatchView,
+    CallbackAttemptView,
     CallbackView,
     SubmitBatch,
     SubmitTask,
     TaskErrorView,
     TaskPage,
     TaskView,
+    WebhookSecrets,
 )
 from imgpipe.ingest.problems import Problem, install_problem_handlers
 from imgpipe.ingest.settings import IngestSettings
@@ -39,10 +44,11 @@ from imgpipe.ingest.tenants import ApiKeyAuthenticator, TenantLimits
 from imgpipe.ingest.terminate import request_cancel
 from imgpipe.objects import ObjectStore
 from imgpipe.ratelimit import KeyedLimiter
-from imgpipe.store.models import Task, TaskState
+from imgpipe.store.models import CallbackAttempt, Task, TaskState
 
 REQUESTS = Counter("imgpipe_api_submits_total", "Task submissions by route and outcome", ["route", "outcome"])
 WAIT_SECONDS = Histogram("imgpipe_api_prefer_wait_seconds", "Time GET /v1/tasks/{id} held for Prefer: wait")
+MAX_ATTEMPTS_SHOWN = 50
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,8 @@ class ApiDependencies:
     authenticator: ApiKeyAuthenticator
     limiter: KeyedLimiter
     result_topic: str
+    # Policies and replays for /v1/admin; None (or no admin token) turns the admin API off.
+    callback_admin: CallbackAdmin | None = None
 
 
 def create_app(deps: ApiDependencies) -> FastAPI:
@@ -64,6 +72,7 @@ def create_app(deps: ApiDependencies) -> FastAPI:
     )
     app.state.deps = deps
     install_problem_handlers(app)
+    app.include_router(admin_router())
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
@@ -81,8 +90,8 @@ def create_app(deps: ApiDependencies) -> FastAPI:
                 {"Retry-After": str(max(1, math.ceil(wait)))},
             )
 
-    def view(task: Task) -> TaskView:
-        return task_view(task, deps.objects, deps.settings.result_url_ttl_seconds)
+    def view(task: Task, attempts: list[CallbackAttemptView] | None = None) -> TaskView:
+        return task_view(task, deps.objects, deps.settings.result_url_ttl_seconds, attempts)
 
     def accept_one(tenant_id: str, new: NewTask, batch_id: uuid.UUID | None = None) -> tuple[Task, bool]:
         try:
@@ -132,7 +141,8 @@ def create_app(deps: ApiDependencies) -> FastAPI:
     async def get_task(
         task_id: uuid.UUID, limits: TenantDep, prefer: Annotated[str | None, Header()] = None
     ) -> TaskView:
-        """One task. `Prefer: wait=N` holds the answer until the task ends or N seconds pass."""
+        """One task, with its callback delivery attempts. `Prefer: wait=N` holds the answer until the
+        task ends or N seconds pass."""
         wait = min(prefer_wait_seconds(prefer), deps.settings.prefer_wait_max_seconds)
         deadline = time.monotonic() + wait
         interval = 0.05
@@ -140,7 +150,8 @@ def create_app(deps: ApiDependencies) -> FastAPI:
             while True:
                 task = await run_in_threadpool(load_task, deps.sessions, limits.tenant_id, task_id)
                 if task.state.is_terminal or time.monotonic() >= deadline:
-                    return view(task)
+                    attempts = await run_in_threadpool(load_attempts, deps.sessions, task.id)
+                    return view(task, attempts)
                 # Polling with backoff keeps the API stateless; a task ends at most once.
                 await asyncio.sleep(min(interval, max(0.0, deadline - time.monotonic())))
                 interval = min(interval * 2, 1.0)
@@ -182,6 +193,17 @@ def create_app(deps: ApiDependencies) -> FastAPI:
             tasks = list(session.scalars(query))
         next_token = encode_page_token(tasks[page_size - 1]) if len(tasks) > page_size else None
         return TaskPage(tasks=[view(task) for task in tasks[:page_size]], next_page_token=next_token)
+
+    @app.get("/v1/webhook-secret", response_model=WebhookSecrets, tags=["webhooks"])
+    def webhook_secret(limits: TenantDep) -> WebhookSecrets:
+        """The secrets this tenant's callbacks are signed with (Standard Webhooks), current first."""
+        master_keys = deps.settings.webhook_master_keys()
+        if not master_keys:
+            raise Problem(404, "not_found", "webhooks not configured")
+        # Imported here: the callback package is not needed by anything else the API serves.
+        from imgpipe.callback.signing import WebhookSigner
+
+        return WebhookSecrets(secrets=WebhookSigner(master_keys).secrets_for(limits.tenant_id))
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, bool]:
@@ -239,7 +261,36 @@ def load_task(sessions: sessionmaker[Session], tenant_id: str, task_id: uuid.UUI
     return task
 
 
-def task_view(task: Task, objects: ObjectStore, url_ttl_seconds: int) -> TaskView:
+def load_attempts(sessions: sessionmaker[Session], task_id: uuid.UUID) -> list[CallbackAttemptView]:
+    """The task's last MAX_ATTEMPTS_SHOWN callback attempts, oldest first."""
+    with sessions() as session:
+        rows = session.scalars(
+            select(CallbackAttempt)
+            .where(CallbackAttempt.task_id == task_id)
+            .order_by(CallbackAttempt.attempted_at.desc(), CallbackAttempt.id.desc())
+            .limit(MAX_ATTEMPTS_SHOWN)
+        ).all()
+    return [
+        CallbackAttemptView(
+            webhook_id=row.webhook_id,
+            attempt=row.attempt,
+            attempted_at=row.attempted_at,
+            status_code=row.status_code,
+            latency_ms=row.latency_ms,
+            error=row.error,
+            outcome=row.outcome,
+            next_attempt_at=row.next_attempt_at,
+        )
+        for row in reversed(rows)
+    ]
+
+
+def task_view(
+    task: Task,
+    objects: ObjectStore,
+    url_ttl_seconds: int,
+    attempts: list[CallbackAttemptView] | None = None,
+) -> TaskView:
     result_url = None
     if task.state is TaskState.SUCCEEDED and task.result_object_key:
         result_url = objects.presigned_get_url(task.result_object_key, url_ttl_seconds)
@@ -261,6 +312,7 @@ def task_view(task: Task, objects: ObjectStore, url_ttl_seconds: int) -> TaskVie
             url=task.callback_url,
             mode=task.callback_mode,  # type: ignore[arg-type]
             status=task.callback_status.value,
+            attempts=attempts,
         ),
         metadata=task.metadata_,
         batch_id=task.batch_id,

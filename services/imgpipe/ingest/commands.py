@@ -35,6 +35,7 @@ def _ingest_api(args: argparse.Namespace) -> int:
             authenticator=ApiKeyAuthenticator(core.sessions, settings.api_key_cache_seconds),
             limiter=KeyedLimiter(),
             result_topic=core.result_topic,
+            callback_admin=core.callback_admin() if settings.admin_token_value() else None,
         )
     )
     stop_relay = threading.Event()

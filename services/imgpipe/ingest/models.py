@@ -7,9 +7,9 @@ import binascii
 import enum
 import uuid
 from datetime import datetime
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AnyHttpUrl, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 Metadata = Annotated[dict[str, Annotated[str, Field(max_length=1024)]], Field(max_length=32)]
 Prompt = Annotated[str, Field(min_length=1, max_length=4000)]
@@ -92,18 +92,25 @@ class TaskErrorView(BaseModel):
 
 
 class CallbackAttemptView(BaseModel):
+    webhook_id: str = Field(description="The `webhook-id` header sent; the same on every retry.")
+    attempt: int = Field(description="1-based try of this delivery.")
     attempted_at: datetime
-    status_code: int | None
-    latency_ms: int | None
+    status_code: int | None = Field(description="The receiver's HTTP status; null when no answer came.")
+    latency_ms: int | None = Field(description="Null when nothing was sent (disabled, rate limited).")
     error: str | None
-    outcome: str
+    outcome: str = Field(description="delivered | retrying | failed | disabled | rate_limited")
+    next_attempt_at: datetime | None = Field(default=None, description="When retrying or rate limited.")
 
 
 class CallbackView(BaseModel):
     url: str | None
     mode: CallbackMode | None
-    status: str
-    attempts: list[CallbackAttemptView] = Field(default_factory=list)
+    status: str = Field(description="not_required | pending | delivered | failed")
+    attempts: list[CallbackAttemptView] | None = Field(
+        default=None,
+        description="Delivery attempts, oldest first, at most the last 50. Only GET /v1/tasks/{id} "
+        "lists them; other answers leave this null.",
+    )
 
 
 class TaskView(BaseModel):
@@ -131,3 +138,76 @@ class BatchView(BaseModel):
 class TaskPage(BaseModel):
     tasks: list[TaskView]
     next_page_token: str | None
+
+
+class WebhookSecrets(BaseModel):
+    secrets: list[str] = Field(
+        description="The tenant's signing secrets (Standard Webhooks `whsec_...`), current first; during "
+        "a key rotation a callback may be signed with any of them."
+    )
+
+
+# -- admin API ---------------------------------------------------------------------------------
+
+
+class CallbackPolicyBody(BaseModel):
+    """A callback policy for one URL or host. A zero number means the callback service's default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scope: Literal["url", "host"] = Field(
+        description="`url` when the key is a callback URL, `host` when it is a host name."
+    )
+    rate_per_second: float = Field(default=0, ge=0, le=10_000, description="Token-bucket refill rate.")
+    burst: int = Field(default=0, ge=0, le=100_000, description="Token-bucket size.")
+    batch_size: int = Field(default=0, ge=0, le=1000, description="Batched mode: results per request.")
+    max_delay_ms: int = Field(default=0, ge=0, le=3_600_000, description="Batched mode: longest wait.")
+    mode_override: CallbackMode | None = Field(
+        default=None, description="Send every result this way, whatever the client asked for."
+    )
+    timeout_ms: int = Field(default=0, ge=0, le=120_000, description="Per-request HTTP timeout.")
+    disabled: bool = Field(default=False, description="Send nothing; attempts are recorded as disabled.")
+
+
+class CallbackPolicyView(CallbackPolicyBody):
+    key: str = Field(description="The callback URL or host name the policy applies to.")
+    updated_at: datetime | None
+
+
+class CallbackPolicyList(BaseModel):
+    policies: list[CallbackPolicyView]
+
+
+class ReplayRequest(BaseModel):
+    """Either one task, or a callback URL's tasks that ended since a time."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_id: uuid.UUID | None = None
+    callback_url: AnyHttpUrl | None = None
+    since: AwareDatetime | None = Field(
+        default=None, description="RFC 3339; with callback_url: tasks completed at or after it."
+    )
+    only_failed: bool = Field(
+        default=True, description="With callback_url: only tasks whose callback status is failed."
+    )
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> Self:
+        if (self.task_id is None) == (self.callback_url is None):
+            raise ValueError("give exactly one of task_id and callback_url")
+        if self.callback_url is not None and self.since is None:
+            raise ValueError("callback_url needs since")
+        if self.task_id is not None and self.since is not None:
+            raise ValueError("since applies to callback_url only")
+        return self
+
+
+class ReplayView(BaseModel):
+    replayed: int = Field(description="How many tasks' callbacks were queued again.")
+    replay_id: str = Field(description="Shared by the replayed deliveries; their webhook-ids derive from it.")
+    truncated: bool = Field(
+        description="True when more tasks matched than one replay takes (the oldest were replayed); "
+        "repeat the request (with only_failed) or move `since` past the last one to continue."
+    )
+    limit: int

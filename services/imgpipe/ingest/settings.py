@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from imgpipe.runtime.settings import RuntimeSettings
 
@@ -25,3 +25,19 @@ class IngestSettings(RuntimeSettings):
     reaper_interval_seconds: float = Field(default=5.0, gt=0)
     # Tenants' API keys are cached this long, so a revoked key stops working within it.
     api_key_cache_seconds: float = Field(default=30.0, ge=0)
+    # Comma-separated webhook master keys, the current one first (the callback service's setting of the
+    # same name): GET /v1/webhook-secret hands tenants the secrets derived from them. Unset: 404.
+    webhook_signing_keys: SecretStr | None = None
+    # Bearer token of the admin API (/v1/admin/...); unset or empty turns the admin API off (404).
+    admin_token: SecretStr | None = None
+    # A callback replay sends at most this many tasks per request (oldest completion first).
+    admin_replay_limit: int = Field(default=10_000, ge=1, le=100_000)
+
+    def webhook_master_keys(self) -> list[str]:
+        if self.webhook_signing_keys is None:
+            return []
+        return [key.strip() for key in self.webhook_signing_keys.get_secret_value().split(",") if key.strip()]
+
+    def admin_token_value(self) -> str | None:
+        token = self.admin_token.get_secret_value() if self.admin_token is not None else ""
+        return token or None

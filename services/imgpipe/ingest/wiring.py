@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from imgpipe.contracts.registry import Registry, TopicKey, default_registry
 from imgpipe.ingest.accept import TaskAcceptor
+from imgpipe.ingest.callback_admin import CallbackAdmin
 from imgpipe.ingest.outbox import OutboxRelay
 from imgpipe.ingest.settings import IngestSettings
 from imgpipe.ingest.terminate import run_reaper
@@ -62,4 +63,15 @@ class IngestCore:
     def reaper(self) -> Callable[[threading.Event], None]:
         return functools.partial(
             run_reaper, self.sessions, self.result_topic, self.settings.reaper_interval_seconds
+        )
+
+    def callback_admin(self) -> CallbackAdmin:
+        """Policies and replays for the admin API, with a producer of its own."""
+        return CallbackAdmin(
+            self.settings,
+            self.registry,
+            self.sessions,
+            build_producer(self.settings, client_id=f"{self.settings.service_name}-admin"),
+            replay_limit=self.settings.admin_replay_limit,
+            timeout_seconds=min(self.settings.producer_flush_seconds, 15.0),
         )
