@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from imgpipe.callback import commands as callback_commands
 from imgpipe.contracts import commands as contract_commands
 from imgpipe.ingest import commands as ingest_commands
 from imgpipe.localstack import commands as stack_commands
@@ -24,6 +25,7 @@ REGISTRARS: tuple[Registrar, ...] = (
     contract_commands.register,
     ingest_commands.register,
     stage_commands.register,
+    callback_commands.register,
     model_server.register,
 )
 

@@ -75,6 +75,13 @@ PIPELINE_TEST_SETTINGS = {
     # The image host tests serve from; everything else private stays refused (SSRF tests).
     "IMGPIPE_FETCH_ALLOW_NETWORKS": f"{ALLOWED_IMAGE_HOST}/32",
     "IMGPIPE_REAPER_INTERVAL_SECONDS": "1",
+    # Callback receivers listen on loopback; retries and breakers on a test's time scale.
+    "IMGPIPE_CALLBACK_ALLOW_NETWORKS": "127.0.0.1/32",
+    "IMGPIPE_CALLBACK_MAX_ATTEMPTS": "4",
+    "IMGPIPE_CALLBACK_BACKOFF_BASE_SECONDS": "0.5",
+    "IMGPIPE_CALLBACK_BACKOFF_CAP_SECONDS": "4",
+    "IMGPIPE_CALLBACK_BREAKER_RESET_SECONDS": "3",
+    "IMGPIPE_CALLBACK_DEFAULT_TIMEOUT_MS": "2000",
     "IMGPIPE_CONSUMER_POLL_SECONDS": "0.1",
     "IMGPIPE_LOG_LEVEL": "INFO",
     # A killed worker's partitions move after the session timeout; keep the kill -9 tests short.

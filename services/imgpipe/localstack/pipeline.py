@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -33,7 +34,7 @@ from imgpipe.localstack.waiting import wait_until
 log = logging.getLogger(__name__)
 
 # The subcommands `make up` runs, in start order (the API last: it is what clients wait for).
-SERVICES = ("ingest-projector", "ingest-submit", "detect", "generate", "matte", "ingest-api")
+SERVICES = ("ingest-projector", "ingest-submit", "detect", "generate", "matte", "callback", "ingest-api")
 DEMO_TENANT = "demo"
 READY_TIMEOUT = 90.0
 STOP_GRACE = 20.0
@@ -49,6 +50,7 @@ class PipelineState:
 
     ports: dict[str, int]  # service -> port of its health server (the API's own port for ingest-api)
     api_key: str | None = None
+    signing_key: str = field(default_factory=lambda: secrets.token_urlsafe(32))  # webhook master key
     overrides: dict[str, str] = field(default_factory=dict)  # IMGPIPE_* settings `up` was given
 
     @classmethod
@@ -60,6 +62,7 @@ class PipelineState:
         return cls(
             ports={k: int(v) for k, v in data.get("ports", {}).items()},
             api_key=data.get("api_key"),
+            signing_key=data.get("signing_key") or secrets.token_urlsafe(32),
             overrides=dict(data.get("overrides", {})),
         )
 
@@ -111,6 +114,8 @@ class LocalPipeline:
             **self.endpoints.as_env(),
             "IMGPIPE_SERVICE_NAME": service,
             "IMGPIPE_S3_PUBLIC_ENDPOINT_URL": self.endpoints.s3_endpoint_url,
+            "IMGPIPE_WEBHOOK_SIGNING_KEYS": self.state.signing_key,
+            "IMGPIPE_CALLBACK_DATA_DIR": str(self.paths.component_dir("callback")),
         }
         if service == "ingest-api":
             env.update({"IMGPIPE_API_HOST": "127.0.0.1", "IMGPIPE_API_PORT": port})

@@ -1,0 +1,76 @@
+"""Every worker's copy of the callback policies: the compacted policy topic, read whole.
+
+This is what a faust GlobalTable over the topic would be; faust 0.15's assignor hangs when a global
+table uses an existing single-partition topic as its changelog (see docs/decisions/0002), so a
+plain reader thread keeps the copy. Like a global table, it reads from the beginning, applies
+tombstones as deletes, and stays subscribed, so a policy change takes effect within a poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from imgpipe.runtime.kafka import client_config
+from imgpipe.runtime.settings import RuntimeSettings
+
+log = logging.getLogger(__name__)
+
+
+class PolicyBook:
+    def __init__(self, settings: RuntimeSettings, topic: str) -> None:
+        self._settings = settings
+        self._topic = topic
+        self._policies: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+        self._caught_up = threading.Event()
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            return self._policies.get(key)
+
+    def is_caught_up(self) -> bool:
+        """Readiness: every policy written before start-up has been read."""
+        return self._caught_up.is_set()
+
+    def run(self, stop: threading.Event) -> None:
+        consumer = Consumer(
+            {
+                **client_config(self._settings, f"{self._settings.service_name}-policies"),
+                "group.id": f"unused-{uuid.uuid4().hex}",  # required by the client; never joined
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "auto.offset.reset": "earliest",
+            }
+        )
+        try:
+            partitions = consumer.list_topics(self._topic, timeout=30).topics[self._topic].partitions
+            consumer.assign([TopicPartition(self._topic, p, 0) for p in partitions])
+            at_end: set[int] = set()
+            while not stop.is_set():
+                for message in consumer.consume(num_messages=500, timeout=0.2):
+                    error = message.error()
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            at_end.add(message.partition() or 0)
+                        continue
+                    self._apply(message.key(), message.value())
+                if len(at_end) >= len(partitions):
+                    self._caught_up.set()
+        except Exception:
+            log.exception("policy reader stopped; callbacks use the policies read so far")
+            self._caught_up.set()
+        finally:
+            consumer.close()
+
+    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+        if key is None:
+            return
+        with self._lock:
+            if value is None:
+                self._policies.pop(key.decode(), None)
+            else:
+                self._policies[key.decode()] = value
