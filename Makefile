@@ -12,7 +12,7 @@ IMGPIPE := $(VENV)/bin/imgpipe
 PYTEST := $(VENV)/bin/pytest
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
-.PHONY: help setup up demo down status doctor test test-unit test-integration lint format proto proto-check proto-breaking clean
+.PHONY: help setup up demo down status doctor test test-unit test-integration chart-check lint format proto proto-check proto-breaking clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -48,14 +48,20 @@ status: ## show what is running
 doctor:  ## version, endpoint and health of each dependency
 	source <($(IMGPIPE) stack env) && $(IMGPIPE) doctor
 
-test: setup lint  ## lint, then every test (unit and integration, on a private test stack)
-	$(PYTEST)
+test: setup lint chart-check  ## lint, the chart checks, then every other test (unit and integration, on a private test stack)
+	$(PYTEST) -m "not chart"
 
 test-unit: $(VENV)/.synced  ## fast tests only
 	$(PYTEST) -m unit
 
 test-integration: setup  ## tests against the real local stack
 	$(PYTEST) -m integration
+
+# Pinned helm, kubeconform, schemas and checkov under .cache/chart-tools (cold: a few minutes, mostly
+# building helm; then instant), then the chart/skaffold/Dockerfile tests (docs/deploy.md, "Validation").
+chart-check: $(VENV)/.synced  ## helm lint/template, Kubernetes schemas, checkov, skaffold schema, chart-code contracts
+	$(VENV)/bin/python -m imgpipe.deploytools.toolchain
+	$(PYTEST) -m chart
 
 lint: $(VENV)/.synced  ## ruff, mypy and generated-code staleness
 	$(VENV)/bin/ruff check services tests bench
