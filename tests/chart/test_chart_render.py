@@ -270,13 +270,13 @@ def test_notes_render(tmp_path: Path) -> None:
         '  notes: {{ tpl (.Files.Get "notes.txt") . | quote }}\n'
     )
 
-    def notes(values: Path) -> str:
-        args = ["template", "imgpipe", str(chart), "-n", "imgpipe", "-f", str(values)]
+    def notes(values: Path, *extra: str) -> str:
+        args = ["template", "imgpipe", str(chart), "-n", "imgpipe", "-f", str(values), *extra]
         output = helm(*args, "--show-only", "templates/zz-notes.yaml").stdout
         return str(yaml.safe_load(output)["data"]["notes"])
 
     full = notes(FULL)
     assert "imgpipe ingest-api" in full and "KEDA: 0-4 replicas" in full
     assert "https://imgpipe.example.com/docs" in full
-    minimal = notes(MINIMAL)
+    minimal = notes(MINIMAL, "--set", "components.callback.enabled=false")
     assert "callback is disabled" in minimal and "port-forward svc/imgpipe-ingest-api" in minimal

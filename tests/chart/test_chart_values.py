@@ -119,6 +119,11 @@ TEMPLATE_CASES = [
         "components.extra.args",
     ),
     (
+        "callback without signing keys",
+        ["--set", "webhooks.signingKeysSecret.name="],
+        "components.callback needs webhooks.signingKeysSecret.name",
+    ),
+    (
         "existing ServiceAccount without a name",
         ["--set", "serviceAccount.create=false"],
         "serviceAccount.name",

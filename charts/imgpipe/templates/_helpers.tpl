@@ -89,6 +89,9 @@ registry and autoscaling checked. Every template ranges over this, so the rules 
 {{- if not $c.args }}
 {{- fail (printf "components.%s.args: name the imgpipe subcommand" $name) }}
 {{- end }}
+{{- if and (has "webhooks" $c.requires) (not $.Values.webhooks.signingKeysSecret.name) }}
+{{- fail (printf "components.%s needs webhooks.signingKeysSecret.name: the existing Secret with the webhook signing keys" $name) }}
+{{- end }}
 {{- $topics := list }}
 {{- $partitions := 0 }}
 {{- range $key := $c.kafka.lagTopics }}
