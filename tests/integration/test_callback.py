@@ -26,7 +26,7 @@ from imgpipe.localstack.waiting import wait_until
 from imgpipe.runtime.kafka import DEAD_LETTER_REASON_HEADER, Received
 from imgpipe.testing.kafka import read_topic
 from imgpipe.testing.receivers import Behavior, Receivers, run_receivers
-from imgpipe.v1 import callback_pb2, result_pb2, task_pb2
+from imgpipe.v1 import callback_pb2, events_pb2, result_pb2, task_pb2
 
 pytestmark = pytest.mark.integration
 
@@ -244,26 +244,31 @@ def test_a_policy_change_takes_effect_within_seconds_without_a_restart(
 def test_410_disables_the_url_and_the_last_failed_attempt_is_dead_lettered(
     pipeline: LocalPipeline, receivers: Receivers, results: Results
 ) -> None:
+    bootstrap = pipeline.endpoints.kafka_bootstrap_servers
     receivers.behave("/gone", Behavior(status=410))
     receivers.behave("/down", Behavior(status=503))
-    one_at_a_time = callback_pb2.CallbackPolicy(key=receivers.url("/gone"), rate_per_second=1, burst=1)
-    results.set_policy(receivers.url("/gone"), one_at_a_time)
-    gone = results.publish(receivers.url("/gone"), 3)
+    results.publish(receivers.url("/gone"), 1)
     (down,) = results.publish(receivers.url("/down"), 1)
+    wait_until(lambda: receivers.requests_to("/gone"), 60, "the request answered with 410")
+
+    later = set(results.publish(receivers.url("/gone"), 2))
+
+    def disabled(seen: Sequence[Received]) -> bool:
+        attempts = [events_pb2.TaskEvent.FromString(r.value or b"") for r in seen if r.key_text in later]
+        return {
+            a.task_id
+            for a in attempts
+            if a.callback_attempt.outcome == callback_pb2.CALLBACK_OUTCOME_DISABLED
+        } == later
+
+    read_topic(bootstrap, REGISTRY.name(TopicKey.EVENTS), disabled, timeout=60)
+    assert len(receivers.requests_to("/gone")) == 1  # nothing was sent after the 410
 
     def dead_lettered(seen: Sequence[Received]) -> bool:
         return any(down.encode() in (r.value or b"") for r in seen)
 
-    records = read_topic(
-        pipeline.endpoints.kafka_bootstrap_servers,
-        REGISTRY.name(TopicKey.DEAD_LETTER),
-        dead_lettered,
-        timeout=120,
-    )
+    records = read_topic(bootstrap, REGISTRY.name(TopicKey.DEAD_LETTER), dead_lettered, timeout=120)
     record = next(r for r in records if down.encode() in (r.value or b""))
     assert "gave up after" in (record.header(DEAD_LETTER_REASON_HEADER) or "")
-    assert len(receivers.requests_to("/down")) == int(
-        pipeline.state.overrides["IMGPIPE_CALLBACK_MAX_ATTEMPTS"]
-    )
-    assert len(receivers.requests_to("/gone")) == 1  # the 410 stopped every later send
-    assert gone
+    attempts = int(pipeline.state.overrides["IMGPIPE_CALLBACK_MAX_ATTEMPTS"])
+    assert len(receivers.requests_to("/down")) == attempts

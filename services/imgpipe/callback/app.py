@@ -49,7 +49,7 @@ from imgpipe.callback.url_queue import (
 )
 from imgpipe.contracts.registry import Registry, TopicKey
 from imgpipe.netguard import EgressPolicy
-from imgpipe.objects import ObjectStore
+from imgpipe.objects import ObjectStore, ObjectStoreError
 from imgpipe.runtime.kafka import (
     DEAD_LETTER_GROUP_HEADER,
     DEAD_LETTER_REASON_HEADER,
@@ -209,9 +209,13 @@ class CallbackService:
         try:
             body = await asyncio.to_thread(self._body, delivery)
         except ValueError as exc:  # a result no callback can be made of: retrying cannot help
+            reason = f"cannot build the callback: {exc}"
             return SendResult(
-                callback_pb2.DELIVERY_VERDICT_REFUSED, 0, 0, f"cannot build the callback: {exc}"
+                callback_pb2.DELIVERY_VERDICT_REFUSED, status_code=0, latency_ms=0, error=reason
             )
+        except ObjectStoreError as exc:  # the result to inline could not be read: retried like a send
+            reason = f"cannot read the result to inline: {exc}"
+            return SendResult(callback_pb2.DELIVERY_VERDICT_RETRY, status_code=0, latency_ms=0, error=reason)
         headers = self.signer.headers(delivery.tenant_id, delivery.webhook_id, body, int(time.time()))
         return await self.sender.send(url, body, headers, timeout_seconds)
 
