@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import jsonschema
 import pytest
@@ -20,10 +21,12 @@ from confluent_kafka import Producer
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from imgpipe.callback.signing import WebhookSigner
+from imgpipe.client import ApiClient, TaskRequest
 from imgpipe.contracts.registry import TopicKey, default_registry, schemas_dir
 from imgpipe.localstack.pipeline import DEMO_TENANT, LocalPipeline
 from imgpipe.localstack.waiting import wait_until
 from imgpipe.runtime.kafka import DEAD_LETTER_REASON_HEADER, Received
+from imgpipe.samples import photo_jpeg
 from imgpipe.testing.kafka import read_topic
 from imgpipe.testing.receivers import Behavior, Receivers, run_receivers
 from imgpipe.v1 import callback_pb2, events_pb2, result_pb2, task_pb2
@@ -272,3 +275,28 @@ def test_410_disables_the_url_and_the_last_failed_attempt_is_dead_lettered(
     assert "gave up after" in (record.header(DEAD_LETTER_REASON_HEADER) or "")
     attempts = int(pipeline.state.overrides["IMGPIPE_CALLBACK_MAX_ATTEMPTS"])
     assert len(receivers.requests_to("/down")) == attempts
+
+
+def test_a_real_task_calls_back_and_the_api_shows_every_attempt(
+    pipeline: LocalPipeline, receivers: Receivers, api: ApiClient
+) -> None:
+    receivers.behave("/flaky", Behavior(status=500))
+    task_id = api.submit(TaskRequest("watercolor", image=photo_jpeg(), callback_url=receivers.url("/flaky")))[
+        "id"
+    ]
+    wait_until(lambda: len(receivers.requests_to("/flaky")) >= 2, 120, "two failed attempts")
+    receivers.behave("/flaky", Behavior(status=200))
+
+    def delivered() -> dict[str, Any] | None:
+        view = api.get(task_id)
+        return view if view["callback"]["status"] == "delivered" else None
+
+    view = wait_until(delivered, 60, "the callback to be recorded as delivered")
+    attempts = view["callback"]["attempts"]
+    assert [a["outcome"] for a in attempts][-1] == "delivered"
+    assert sum(1 for a in attempts if a["outcome"] == "retrying" and a["status_code"] == 500) >= 2
+    assert len({a["webhook_id"] for a in attempts}) == 1  # the same id on every retry
+    body = receivers.requests_to("/flaky")[-1].json()
+    assert (
+        body["task_id"] == task_id and body["state"] == "succeeded" and body["result_url"].startswith("http")
+    )

@@ -51,6 +51,7 @@ class PipelineState:
     ports: dict[str, int]  # service -> port of its health server (the API's own port for ingest-api)
     api_key: str | None = None
     signing_key: str = field(default_factory=lambda: secrets.token_urlsafe(32))  # webhook master key
+    admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))  # ingest's admin API
     overrides: dict[str, str] = field(default_factory=dict)  # IMGPIPE_* settings `up` was given
 
     @classmethod
@@ -63,6 +64,7 @@ class PipelineState:
             ports={k: int(v) for k, v in data.get("ports", {}).items()},
             api_key=data.get("api_key"),
             signing_key=data.get("signing_key") or secrets.token_urlsafe(32),
+            admin_token=data.get("admin_token") or secrets.token_urlsafe(24),
             overrides=dict(data.get("overrides", {})),
         )
 
@@ -118,7 +120,13 @@ class LocalPipeline:
             "IMGPIPE_CALLBACK_DATA_DIR": str(self.paths.component_dir("callback")),
         }
         if service == "ingest-api":
-            env.update({"IMGPIPE_API_HOST": "127.0.0.1", "IMGPIPE_API_PORT": port})
+            env.update(
+                {
+                    "IMGPIPE_API_HOST": "127.0.0.1",
+                    "IMGPIPE_API_PORT": port,
+                    "IMGPIPE_ADMIN_TOKEN": self.state.admin_token,
+                }
+            )
         else:
             env.update({"IMGPIPE_HEALTH_HOST": "127.0.0.1", "IMGPIPE_HEALTH_PORT": port})
         return env
