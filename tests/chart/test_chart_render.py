@@ -208,6 +208,27 @@ def test_the_api_has_a_service_and_the_ingress_and_monitors_point_at_it() -> Non
     assert monitored == set(manifests.components()) - {"ingest-api"}
 
 
+def test_network_policies_let_scrapers_reach_every_component() -> None:
+    manifests = render([FULL])
+    values = yaml.safe_load(FULL.read_text())["networkPolicy"]
+    for name, deployment in manifests.components().items():
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        (policy,) = [
+            doc
+            for doc in manifests.of_kind("NetworkPolicy")
+            if selects(doc["spec"]["podSelector"]["matchLabels"], labels)
+        ]
+        (rule,) = policy["spec"]["ingress"]
+        for peer in values["metricsFrom"]:
+            assert peer in rule["from"], name
+        if name == "ingest-api":
+            assert all(peer in rule["from"] for peer in values["apiFrom"])
+    # No apiFrom: the API's port is open to every client.
+    minimal = render([MINIMAL])
+    api_policy = minimal.named("NetworkPolicy", "imgpipe-ingest-api")
+    assert "from" not in api_policy["spec"]["ingress"][0]
+
+
 def test_settings_and_rollout_token_changes_roll_the_pods() -> None:
     def pod_annotations(*set_values: str) -> dict[str, dict[str, str]]:
         manifests = render([MINIMAL], set_values=list(set_values))
