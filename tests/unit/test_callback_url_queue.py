@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import base64
+import json
 import random
 from dataclasses import replace
 
 import pytest
 
-from imgpipe.callback.url_queue import Policy, Queued, UrlQueue, enqueue, from_json, plan, settle, to_json
+from imgpipe.callback.url_queue import (
+    Plan,
+    Policy,
+    Queued,
+    UrlQueue,
+    enqueue,
+    from_json,
+    is_known,
+    settle,
+    to_json,
+)
+from imgpipe.callback.url_queue import plan as plan_with_peek
 from imgpipe.v1 import callback_pb2, result_pb2
 
 pytestmark = pytest.mark.unit
@@ -47,17 +59,31 @@ def outcome(
     )
 
 
+class Backlog(dict[int, Queued]):
+    """The backlog table, as a dict from sequence number to result."""
+
+
+BACKLOG = Backlog()
+
+
 def queue_of(*items: Queued) -> UrlQueue:
+    """A fresh URL queue holding `items` (the module's BACKLOG holds the results themselves)."""
+    BACKLOG.clear()
     queue = UrlQueue()
     for queued in items:
-        queue = enqueue(queue, queued)
+        queue, seq = enqueue(queue)
+        BACKLOG[seq] = queued
     return queue
+
+
+def plan(queue: UrlQueue, policy: Policy, now: float, sending_here: set[str]) -> Plan:
+    return plan_with_peek(queue, policy, now, sending_here, BACKLOG.get)
 
 
 def test_immediate_results_go_one_request_each_within_the_burst() -> None:
     planned = plan(queue_of(*(item(f"t{i}") for i in range(5))), POLICY, now=100.0, sending_here=set())
 
-    assert [d.task_ids for d in planned.start] == [["t0"], ["t1"], ["t2"]]  # burst 3
+    assert [d.task_ids for d in planned.start] == [("t0",), ("t1",), ("t2",)]  # burst 3
     assert planned.rate_limited == 1
     assert planned.wake_at == pytest.approx(100.5)  # one token every 0.5 s
     assert all(d.attempts == 1 and d.in_flight_since == 100.0 for d in planned.start)
@@ -84,11 +110,11 @@ def test_batches_flush_when_full_or_when_the_oldest_waited_max_delay() -> None:
     queue = queue_of(*(item(f"t{i}", batched=True, at=10.0) for i in range(4)))
 
     planned = plan(queue, POLICY, now=10.0, sending_here=set())
-    assert [d.task_ids for d in planned.start] == [["t0", "t1", "t2"]]  # a full batch at once
+    assert [d.task_ids for d in planned.start] == [("t0", "t1", "t2")]  # a full batch at once
     assert planned.wake_at == pytest.approx(12.0)  # the partial one waits for max delay
 
     later = plan(planned.queue, POLICY, now=12.0, sending_here={planned.start[0].webhook_id})
-    assert [d.task_ids for d in later.start] == [["t3"]]
+    assert [d.task_ids for d in later.start] == [("t3",)]
     assert later.start[0].batched
 
 
@@ -155,7 +181,7 @@ def test_410_disables_the_url_and_drops_what_waits() -> None:
 
     after = plan(gone.queue, POLICY, now=1.0, sending_here={d.webhook_id for d in planned.start[1:]})
     assert after.start == []
-    assert [e.delivery.task_ids for e in after.ended] == [["d"]]
+    assert [e.delivery.task_ids for e in after.ended] == [("d",)]
     assert all(e.outcome == callback_pb2.CALLBACK_OUTCOME_DISABLED for e in after.ended)
 
 
@@ -189,8 +215,9 @@ def test_a_result_redelivered_after_its_callback_is_not_sent_twice_but_a_replay_
         0.0,
     )
 
-    assert enqueue(done.queue, item("t")) == done.queue
-    replayed = enqueue(done.queue, item("t", replay_id="r1"))
+    assert is_known(done.queue, "t")  # the agent drops a redelivered result for it
+    replayed, seq = enqueue(done.queue)  # a replay is a new callback of the same task
+    BACKLOG[seq] = item("t", replay_id="r1")
     resent = plan(replayed, POLICY, now=1.0, sending_here=set()).start
     assert len(resent) == 1 and resent[0].webhook_id != planned.start[0].webhook_id
 
@@ -206,3 +233,12 @@ def test_a_disabled_policy_drops_results_as_disabled() -> None:
 def test_state_survives_its_json_round_trip() -> None:
     planned = plan(queue_of(item("a"), item("b", batched=True, at=3.0)), POLICY, now=3.0, sending_here=set())
     assert from_json(to_json(planned.queue)) == planned.queue
+
+
+def test_a_deep_backlog_leaves_the_url_state_small() -> None:
+    queue = queue_of(*(item(f"task-{i:05d}") for i in range(5000)))
+    planned = plan(queue, POLICY, now=0.0, sending_here=set())
+
+    assert len(planned.queue.deliveries) == POLICY.max_in_flight  # the rest waits in the backlog
+    assert planned.queue.backlog == 5000 - POLICY.max_in_flight
+    assert len(json.dumps(to_json(planned.queue))) < 5000  # what every event rewrites

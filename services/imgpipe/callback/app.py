@@ -43,6 +43,9 @@ from imgpipe.callback.url_queue import (
     Queued,
     enqueue,
     from_json,
+    is_known,
+    item_from_json,
+    item_to_json,
     plan,
     settle,
     to_json,
@@ -164,16 +167,26 @@ class CallbackService:
     # -- sending -------------------------------------------------------------------------------
 
     def start_send(
-        self, url: str, delivery: Delivery, timeout_seconds: float, requests: faust.TopicT
+        self,
+        url: str,
+        delivery: Delivery,
+        items: list[Queued],
+        timeout_seconds: float,
+        requests: faust.TopicT,
     ) -> None:
         self.sending.add(delivery.webhook_id)
-        BATCH_SIZES.observe(len(delivery.items))
-        task = asyncio.ensure_future(self._send(url, delivery, timeout_seconds, requests))
+        BATCH_SIZES.observe(len(items))
+        task = asyncio.ensure_future(self._send(url, delivery, items, timeout_seconds, requests))
         self._tasks.add(task)  # the loop keeps only weak references to tasks
         task.add_done_callback(self._tasks.discard)
 
     async def _send(
-        self, url: str, delivery: Delivery, timeout_seconds: float, requests: faust.TopicT
+        self,
+        url: str,
+        delivery: Delivery,
+        items: list[Queued],
+        timeout_seconds: float,
+        requests: faust.TopicT,
     ) -> None:
         if self.sender is None:
             policy = EgressPolicy.from_settings(allow_networks=self.settings.callback_allow_networks)
@@ -182,7 +195,7 @@ class CallbackService:
         assert self._send_slots is not None
         try:
             async with self._send_slots:
-                sent = await self._build_and_send(url, delivery, timeout_seconds)
+                sent = await self._build_and_send(url, delivery, items, timeout_seconds)
             DELIVERIES.labels(_VERDICT_NAMES[sent.verdict]).inc()
             LATENCY.observe(sent.latency_ms / 1000)
             outcome = callback_pb2.DeliveryOutcome(
@@ -204,10 +217,12 @@ class CallbackService:
             self.sending.discard(delivery.webhook_id)
             self.wakeups.schedule(url, time.time() + 1)
 
-    async def _build_and_send(self, url: str, delivery: Delivery, timeout_seconds: float) -> SendResult:
+    async def _build_and_send(
+        self, url: str, delivery: Delivery, items: list[Queued], timeout_seconds: float
+    ) -> SendResult:
         assert self.sender is not None
         try:
-            body = await asyncio.to_thread(self._body, delivery)
+            body = await asyncio.to_thread(self._body, items, delivery.batched)
         except ValueError as exc:  # a result no callback can be made of: retrying cannot help
             reason = f"cannot build the callback: {exc}"
             return SendResult(
@@ -219,9 +234,8 @@ class CallbackService:
         headers = self.signer.headers(delivery.tenant_id, delivery.webhook_id, body, int(time.time()))
         return await self.sender.send(url, body, headers, timeout_seconds)
 
-    def _body(self, delivery: Delivery) -> bytes:
-        items = [self._item(q) for q in delivery.items]
-        return encode_request(items, batched=delivery.batched)
+    def _body(self, items: list[Queued], batched: bool) -> bytes:
+        return encode_request([self._item(q) for q in items], batched=batched)
 
     def _item(self, queued: Queued) -> dict[str, Any]:
         result = result_pb2.TaskResult.FromString(base64.b64decode(queued.result))
@@ -307,11 +321,38 @@ def build_app(settings: CallbackSettings, registry: Registry) -> tuple[faust.App
     requests = topic(TopicKey.CALLBACK_REQUESTS, partitions=requests_spec.partitions)
     events = topic(TopicKey.EVENTS)
     dead_letters = topic(TopicKey.DEAD_LETTER)
-    queues = app.Table(
-        "url-queues",
-        partitions=requests_spec.partitions,
-        schema=faust.Schema(key_serializer="raw", value_serializer="json"),
-    )
+
+    def table(name: str) -> Any:
+        # Co-partitioned with the requests topic: only its agent writes them, so each change goes
+        # to the changelog partition of the URL's requests partition.
+        return app.Table(
+            name,
+            partitions=requests_spec.partitions,
+            schema=faust.Schema(key_serializer="raw", value_serializer="json"),
+        )
+
+    queues = table("url-queues")  # URL -> its UrlQueue
+    backlog = table("url-backlog")  # "URL\x00seq" -> a queued result, until its delivery ends
+    queued_tasks = table("url-queued-tasks")  # "URL\x00task\x00replay" -> seq, to drop redeliveries
+
+    def backlog_key(url: str, seq: int) -> str:
+        return f"{url}\x00{seq:012d}"
+
+    def task_key(url: str, task_id: str, replay_id: str) -> str:
+        return f"{url}\x00{task_id}\x00{replay_id}"
+
+    def peeker(url: str) -> Callable[[int], Queued | None]:
+        return lambda seq: item_from_json(backlog.get(backlog_key(url, seq)))
+
+    def forget(url: str, delivery: Delivery) -> list[Queued]:
+        """Drop an ended delivery's results from the backlog; returns them."""
+        items = []
+        for seq in delivery.seqs:
+            item = item_from_json(backlog.pop(backlog_key(url, seq), None))
+            if item is not None:
+                items.append(item)
+                queued_tasks.pop(task_key(url, item.task_id, item.replay_id), None)
+        return items
 
     @app.agent(results)
     async def route(stream: faust.StreamT[bytes]) -> None:
@@ -351,36 +392,44 @@ def build_app(settings: CallbackSettings, registry: Registry) -> tuple[faust.App
         kind = command.WhichOneof("command")
         if kind == "result":
             result = command.result
-            item = Queued(
-                task_id=result.task_id,
-                tenant_id=result.tenant_id,
-                result=base64.b64encode(result.SerializeToString()).decode(),
-                batched=result.callback.mode == task_pb2.CALLBACK_MODE_BATCHED,
-                queued_at=now,
-                replay_id=command.replay_id,
-            )
-            queue = enqueue(queue, item)
+            known = task_key(url, result.task_id, command.replay_id)
+            redelivered = known in queued_tasks or (not command.replay_id and is_known(queue, result.task_id))
+            if not redelivered:
+                queue, seq = enqueue(queue)
+                item = Queued(
+                    task_id=result.task_id,
+                    tenant_id=result.tenant_id,
+                    result=base64.b64encode(result.SerializeToString()).decode(),
+                    batched=result.callback.mode == task_pb2.CALLBACK_MODE_BATCHED,
+                    queued_at=now,
+                    replay_id=command.replay_id,
+                )
+                backlog[backlog_key(url, seq)] = item_to_json(item)
+                queued_tasks[known] = seq
         elif kind == "outcome":
             report = command.outcome
             service.sending.discard(report.webhook_id)
             settled = settle(queue, report, policy, now)
             queue = settled.queue
-            if settled.outcome is not None:
-                delivery = settled.ended.delivery if settled.ended else _find(queue, report.webhook_id)
-                if delivery is not None:
-                    await record(url, delivery, settled.outcome, report, settled.next_attempt_at)
-                if (
-                    settled.ended is not None
-                    and settled.ended.outcome == callback_pb2.CALLBACK_OUTCOME_FAILED
-                ):
-                    await dead_letter(url, settled.ended)
-        planned = plan(queue, policy, now, service.sending)
+            if settled.ended is not None:
+                items = forget(url, settled.ended.delivery)
+                await record(url, settled.ended.delivery, settled.ended.outcome, report, None)
+                if settled.ended.outcome == callback_pb2.CALLBACK_OUTCOME_FAILED:
+                    await dead_letter(url, settled.ended, items)
+            elif settled.outcome is not None:
+                retrying = _find(queue, report.webhook_id)
+                if retrying is not None:
+                    await record(url, retrying, settled.outcome, report, settled.next_attempt_at)
+        planned = plan(queue, policy, now, service.sending, peeker(url))
         RATE_LIMITED.inc(planned.rate_limited)
         for ended in planned.ended:
+            forget(url, ended.delivery)
             await record(url, ended.delivery, ended.outcome, None, None, ended.reason)
         queues[url] = to_json(planned.queue)
+        peek = peeker(url)
         for delivery in planned.start:
-            service.start_send(url, delivery, policy.timeout_seconds, requests)
+            items = [item for item in map(peek, delivery.seqs) if item is not None]
+            service.start_send(url, delivery, items, policy.timeout_seconds, requests)
         if planned.wake_at is not None:
             service.wakeups.schedule(url, planned.wake_at)
 
@@ -393,12 +442,12 @@ def build_app(settings: CallbackSettings, registry: Registry) -> tuple[faust.App
         error: str = "",
     ) -> None:
         if outcome != callback_pb2.CALLBACK_OUTCOME_RETRYING:
-            OUTCOMES.labels(_OUTCOME_NAMES[outcome]).inc(len(delivery.items))
+            OUTCOMES.labels(_OUTCOME_NAMES[outcome]).inc(len(delivery.task_ids))
         for key, value in service.attempt_events(url, delivery, outcome, report, next_attempt_at, error):
             await events.send(key=key, value=value)
 
-    async def dead_letter(url: str, ended: Ended) -> None:
-        for item in ended.delivery.items:
+    async def dead_letter(url: str, ended: Ended, items: list[Queued]) -> None:
+        for item in items:
             original = callback_pb2.CallbackCommand(
                 result=result_pb2.TaskResult.FromString(base64.b64decode(item.result)),
                 replay_id=item.replay_id,
@@ -433,7 +482,7 @@ def build_app(settings: CallbackSettings, registry: Registry) -> tuple[faust.App
         for key, stored in list(queues.items()):
             url = key.decode() if isinstance(key, bytes) else key
             queue = from_json(stored)
-            depth["pending"] += len(queue.queued)
+            depth["pending"] += queue.backlog
             for delivery in queue.deliveries:
                 state = (
                     "in_flight"
@@ -442,7 +491,7 @@ def build_app(settings: CallbackSettings, registry: Registry) -> tuple[faust.App
                     if delivery.attempts
                     else "pending"
                 )
-                depth[state] += len(delivery.items)
+                depth[state] += len(delivery.task_ids)
             open_breakers += queue.breaker.open_until > now
             disabled += queue.disabled
             if not queue.is_idle and not service.wakeups.is_scheduled(url):

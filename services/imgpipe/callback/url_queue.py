@@ -5,6 +5,12 @@ The faust agent owns one `UrlQueue` per URL in a table and changes it only throu
 exactly where the last one left off. Nothing here does I/O or reads a clock: the caller passes `now`
 (wall-clock seconds, since the state outlives processes).
 
+A URL's state stays small however long its backlog: the queued results themselves live in a second
+table (`backlog`, keyed by URL and sequence number) that the caller reads through `peek`; the state
+holds the sequence range and the open deliveries, at most `max_in_flight` of them, each naming its
+results by sequence number. So a receiver that is down while thousands of results pile up costs
+the same per event as any other URL.
+
 Lifecycle of a callback: a result is *queued*; `plan` groups queued results into *deliveries* (one
 per result when immediate; up to batch_size when batched, flushed when full or when the oldest has
 waited max_delay) and *starts* the due ones that the URL's circuit breaker, its in-flight cap and
@@ -14,8 +20,10 @@ delivered, retry later (backoff with jitter, or Retry-After), or failed for good
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import random
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -30,9 +38,11 @@ from imgpipe.callback.signing import webhook_id_for
 from imgpipe.ratelimit import BucketState, take
 from imgpipe.v1 import callback_pb2
 
+log = logging.getLogger(__name__)
+
 # Task ids remembered per URL after their callback ended, so a result redelivered by Kafka after a
-# crash is not sent again under a new batch (and a new webhook-id).
-RECENT_TASKS_KEPT = 2000
+# crash (offsets are committed every few seconds) is not sent again under a new batch and webhook-id.
+RECENT_TASKS_KEPT = 200
 
 
 @dataclass(frozen=True)
@@ -72,39 +82,35 @@ class Delivery:
 
     webhook_id: str
     tenant_id: str
-    items: tuple[Queued, ...]
+    seqs: tuple[int, ...]  # the results' keys in the backlog
+    task_ids: tuple[str, ...]
     batched: bool
     attempts: int = 0  # sends started so far
     next_attempt_at: float = 0.0
     in_flight_since: float | None = None
 
-    @property
-    def task_ids(self) -> list[str]:
-        return [item.task_id for item in self.items]
-
 
 @dataclass(frozen=True)
 class UrlQueue:
-    queued: tuple[Queued, ...] = ()
-    deliveries: tuple[Delivery, ...] = ()
+    head: int = 0  # sequence number of the oldest result not yet in a delivery
+    tail: int = 0  # sequence number the next queued result gets
+    deliveries: tuple[Delivery, ...] = ()  # open: in flight or waiting for a retry
     bucket: BucketState | None = None
     breaker: BreakerState = field(default_factory=BreakerState)
     disabled: bool = False  # the receiver answered 410 Gone
+    # Recently ended task ids, so a result Kafka redelivers after a crash is not sent again.
     recent_task_ids: tuple[str, ...] = ()
 
     @property
     def is_idle(self) -> bool:
-        return not self.queued and not self.deliveries
+        return self.head == self.tail and not self.deliveries
 
-    def knows(self, task_id: str, replay_id: str) -> bool:
-        if replay_id:
-            return any(q.replay_id == replay_id and q.task_id == task_id for q in self._all_items())
-        return task_id in self.recent_task_ids or any(q.task_id == task_id for q in self._all_items())
+    @property
+    def backlog(self) -> int:
+        return self.tail - self.head
 
-    def _all_items(self) -> Iterable[Queued]:
-        yield from self.queued
-        for delivery in self.deliveries:
-            yield from delivery.items
+
+Peek = Callable[[int], "Queued | None"]
 
 
 @dataclass(frozen=True)
@@ -133,29 +139,35 @@ class Settled:
     ended: Ended | None = None  # set when the delivery is done (delivered or given up)
 
 
-def enqueue(queue: UrlQueue, item: Queued) -> UrlQueue:
-    """Add a finished task, unless it is already queued or recently called back (a redelivery)."""
-    if queue.knows(item.task_id, item.replay_id):
-        return queue
-    return replace(queue, queued=(*queue.queued, item))
+def is_known(queue: UrlQueue, task_id: str) -> bool:
+    """Whether a task's callback is open or recently ended (a result redelivered after a crash)."""
+    return task_id in queue.recent_task_ids or any(task_id in d.task_ids for d in queue.deliveries)
 
 
-def plan(queue: UrlQueue, policy: Policy, now: float, sending_here: set[str]) -> Plan:
-    """Form deliveries from queued results and start those that may go now.
+def enqueue(queue: UrlQueue) -> tuple[UrlQueue, int]:
+    """Take the next sequence number; the caller stores the result in the backlog under it.
+    (The caller checks `is_known` and the backlog's index of queued tasks first.)"""
+    return replace(queue, tail=queue.tail + 1), queue.tail
+
+
+def plan(queue: UrlQueue, policy: Policy, now: float, sending_here: set[str], peek: Peek) -> Plan:
+    """Open deliveries from the backlog and start those that may go now.
 
     `sending_here` holds the webhook ids this process is sending right now: a delivery the state
     says is in flight but that is not among them was lost with a crashed worker and is sent again
     (same webhook-id, so the receiver can drop the duplicate).
     """
     if policy.disabled or queue.disabled:
-        return _drop_everything(queue, "callback URL disabled" if queue.disabled else "disabled by policy")
+        return _drop_everything(
+            queue, "callback URL disabled" if queue.disabled else "disabled by policy", peek
+        )
     deliveries = [
         replace(d, in_flight_since=None)
         if d.in_flight_since is not None and d.webhook_id not in sending_here
         else d
         for d in queue.deliveries
     ]
-    queued, formed, wake_at = _form_deliveries(queue.queued, policy, now)
+    head, formed, wake_at = _open_deliveries(queue, policy, now, len(deliveries), peek)
     deliveries += formed
 
     start: list[Delivery] = []
@@ -165,12 +177,9 @@ def plan(queue: UrlQueue, policy: Policy, now: float, sending_here: set[str]) ->
     for index, delivery in enumerate(deliveries):
         if delivery.in_flight_since is not None:
             continue
-        due_at = delivery.next_attempt_at
-        if due_at > now:
-            wake_at = _earliest(wake_at, due_at)
+        if delivery.next_attempt_at > now:
+            wake_at = _earliest(wake_at, delivery.next_attempt_at)
             continue
-        if in_flight >= policy.max_in_flight:
-            break  # the next outcome wakes the queue
         if not breaker_allows(breaker, now):
             wake_at = _earliest(wake_at, breaker.open_until)
             break
@@ -186,7 +195,7 @@ def plan(queue: UrlQueue, policy: Policy, now: float, sending_here: set[str]) ->
         start.append(started)
         in_flight += 1
     return Plan(
-        queue=replace(queue, queued=queued, deliveries=tuple(deliveries), bucket=bucket),
+        queue=replace(queue, head=head, deliveries=tuple(deliveries), bucket=bucket),
         start=start,
         ended=[],
         wake_at=wake_at,
@@ -265,67 +274,79 @@ def _finish(
     )
 
 
-def _form_deliveries(
-    queued: tuple[Queued, ...], policy: Policy, now: float
-) -> tuple[tuple[Queued, ...], list[Delivery], float | None]:
-    """Deliveries to add, the results still waiting, and when the oldest batch is due."""
-    formed: list[Delivery] = []
-    batched: list[Queued] = []
-    for item in queued:
-        as_batch = item.batched if policy.mode_override is None else policy.mode_override == "batched"
-        if as_batch:
-            batched.append(item)
-        else:
-            formed.append(_delivery([item], batched=False))
-    while len(batched) >= policy.batch_size:
-        formed.append(_delivery(batched[: policy.batch_size], batched=True))
-        batched = batched[policy.batch_size :]
-    wake_at = None
-    if batched:
-        due_at = min(item.queued_at for item in batched) + policy.max_delay_seconds
-        if due_at <= now:
-            formed.append(_delivery(batched, batched=True))
-            batched = []
-        else:
-            wake_at = due_at
-    return tuple(batched), formed, wake_at
+def _open_deliveries(
+    queue: UrlQueue, policy: Policy, now: float, open_count: int, peek: Peek
+) -> tuple[int, list[Delivery], float | None]:
+    """Deliveries opened from the backlog's head while fewer than max_in_flight are open; the new
+    head, and when a waiting partial batch is due."""
+    head, formed = queue.head, list[Delivery]()
+    while head < queue.tail and open_count + len(formed) < policy.max_in_flight:
+        first = peek(head)
+        if first is None:  # lost from the backlog (cannot happen unless tables diverge): skip it
+            head += 1
+            continue
+        if not _batched(first, policy):
+            formed.append(_delivery([(head, first)], batched=False))
+            head += 1
+            continue
+        batch = [(head, first)]
+        while len(batch) < policy.batch_size and head + len(batch) < queue.tail:
+            following = peek(head + len(batch))
+            if following is None or not _batched(following, policy):
+                break
+            batch.append((head + len(batch), following))
+        full = len(batch) == policy.batch_size or head + len(batch) < queue.tail
+        due_at = first.queued_at + policy.max_delay_seconds
+        if not full and due_at > now:
+            return head, formed, due_at  # a partial batch waits for more results or its max delay
+        formed.append(_delivery(batch, batched=True))
+        head += len(batch)
+    return head, formed, None
 
 
-def _delivery(items: list[Queued], *, batched: bool) -> Delivery:
-    webhook_id = webhook_id_for([item.task_id for item in items], items[0].replay_id)
-    return Delivery(webhook_id=webhook_id, tenant_id=items[0].tenant_id, items=tuple(items), batched=batched)
+def _batched(item: Queued, policy: Policy) -> bool:
+    return item.batched if policy.mode_override is None else policy.mode_override == "batched"
 
 
-def _drop_everything(queue: UrlQueue, reason: str) -> Plan:
+def _delivery(items: list[tuple[int, Queued]], *, batched: bool) -> Delivery:
+    task_ids = tuple(item.task_id for _, item in items)
+    return Delivery(
+        webhook_id=webhook_id_for(task_ids, items[0][1].replay_id),
+        tenant_id=items[0][1].tenant_id,
+        seqs=tuple(seq for seq, _ in items),
+        task_ids=task_ids,
+        batched=batched,
+    )
+
+
+def _drop_everything(queue: UrlQueue, reason: str, peek: Peek) -> Plan:
     pending = [d for d in queue.deliveries if d.in_flight_since is None]
-    pending += [_delivery([item], batched=False) for item in queue.queued]
+    for seq in range(queue.head, queue.tail):
+        item = peek(seq)
+        if item is not None:
+            pending.append(_delivery([(seq, item)], batched=False))
     ended = [Ended(d, callback_pb2.CALLBACK_OUTCOME_DISABLED, reason) for d in pending]
     kept = tuple(d for d in queue.deliveries if d.in_flight_since is not None)
-    return Plan(replace(queue, queued=(), deliveries=kept), start=[], ended=ended, wake_at=None)
+    return Plan(replace(queue, head=queue.tail, deliveries=kept), start=[], ended=ended, wake_at=None)
 
 
 def _earliest(current: float | None, candidate: float) -> float:
     return candidate if current is None else min(current, candidate)
 
 
-# -- storage: the table keeps queues as JSON ---------------------------------------------------
+# -- storage: the tables keep queues and backlog items as JSON ---------------------------------
+
+
+# Bumped when the stored layout changes; see from_json.
+STATE_VERSION = 2
 
 
 def to_json(queue: UrlQueue) -> dict[str, Any]:
     return {
-        "queued": [_item_json(q) for q in queue.queued],
-        "deliveries": [
-            {
-                "webhook_id": d.webhook_id,
-                "tenant_id": d.tenant_id,
-                "items": [_item_json(q) for q in d.items],
-                "batched": d.batched,
-                "attempts": d.attempts,
-                "next_attempt_at": d.next_attempt_at,
-                "in_flight_since": d.in_flight_since,
-            }
-            for d in queue.deliveries
-        ],
+        "v": STATE_VERSION,
+        "head": queue.head,
+        "tail": queue.tail,
+        "deliveries": [dataclasses.asdict(d) for d in queue.deliveries],
         "bucket": None if queue.bucket is None else [queue.bucket.tokens, queue.bucket.updated_at],
         "breaker": queue.breaker.to_dict(),
         "disabled": queue.disabled,
@@ -336,11 +357,17 @@ def to_json(queue: UrlQueue) -> dict[str, Any]:
 def from_json(data: dict[str, Any] | None) -> UrlQueue:
     if not data:
         return UrlQueue()
+    if data.get("v") != STATE_VERSION:
+        # Only pre-release layouts predate the version field; nothing released needs migrating.
+        log.warning("ignoring a URL queue stored in an unknown layout (version %s)", data.get("v"))
+        return UrlQueue()
     bucket = data.get("bucket")
     return UrlQueue(
-        queued=tuple(Queued(**q) for q in data["queued"]),
+        head=data["head"],
+        tail=data["tail"],
         deliveries=tuple(
-            Delivery(**{**d, "items": tuple(Queued(**q) for q in d["items"])}) for d in data["deliveries"]
+            Delivery(**{**d, "seqs": tuple(d["seqs"]), "task_ids": tuple(d["task_ids"])})
+            for d in data["deliveries"]
         ),
         bucket=None if bucket is None else BucketState(tokens=bucket[0], updated_at=bucket[1]),
         breaker=BreakerState.from_dict(data["breaker"]),
@@ -349,12 +376,9 @@ def from_json(data: dict[str, Any] | None) -> UrlQueue:
     )
 
 
-def _item_json(item: Queued) -> dict[str, Any]:
-    return {
-        "task_id": item.task_id,
-        "tenant_id": item.tenant_id,
-        "result": item.result,
-        "batched": item.batched,
-        "queued_at": item.queued_at,
-        "replay_id": item.replay_id,
-    }
+def item_to_json(item: Queued) -> dict[str, Any]:
+    return dataclasses.asdict(item)
+
+
+def item_from_json(data: dict[str, Any] | None) -> Queued | None:
+    return None if data is None else Queued(**data)
