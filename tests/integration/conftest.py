@@ -112,3 +112,9 @@ def submitter(pipeline: LocalPipeline) -> TopicSubmitter:
         default_registry().name(TopicKey.SUBMIT),
         DEMO_TENANT,
     )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the tests that need the whole pipeline last: once its services run, they consume the
+    registry's topics in their real groups, which the ingest tests drive by hand."""
+    items.sort(key=lambda item: "pipeline" in getattr(item, "fixturenames", ()))
