@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import math
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
@@ -65,7 +67,14 @@ class ApiDependencies:
 
 
 def create_app(deps: ApiDependencies) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if deps.callback_admin is not None:
+            deps.callback_admin.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="imgpipe",
         version="1",
         description="Submit AI image edits (detect a pet, restyle from a prompt, remove the background).",

@@ -123,6 +123,12 @@ class CallbackAdmin:
         self.replay_limit = replay_limit
         self._timeout = timeout_seconds
 
+    def close(self) -> None:
+        """Release the producer. Every send waited for its acknowledgement (or answered 503), so
+        whatever is still queued was never confirmed to a caller and is dropped."""
+        self._producer.purge()
+        self._producer.close()
+
     # -- policies ------------------------------------------------------------------------------
 
     def put_policy(self, raw_key: str, body: CallbackPolicyBody) -> CallbackPolicyView:
