@@ -37,6 +37,16 @@ class PolicyBook:
         return self._caught_up.is_set()
 
     def run(self, stop: threading.Event) -> None:
+        """Read the topic until `stop`; a failed reader starts over (the copy is rebuilt from the
+        beginning, which is what a compacted topic is for) rather than serving stale policies."""
+        while not stop.is_set():
+            try:
+                self._read(stop)
+            except Exception:
+                log.exception("policy reader failed; reading the policy topic again in 1 s")
+                stop.wait(1.0)
+
+    def _read(self, stop: threading.Event) -> None:
         consumer = Consumer(
             {
                 **client_config(self._settings, f"{self._settings.service_name}-policies"),
@@ -47,24 +57,32 @@ class PolicyBook:
             }
         )
         try:
-            partitions = consumer.list_topics(self._topic, timeout=30).topics[self._topic].partitions
+            partitions = self._partitions(consumer, stop)
             consumer.assign([TopicPartition(self._topic, p, 0) for p in partitions])
             at_end: set[int] = set()
             while not stop.is_set():
                 for message in consumer.consume(num_messages=500, timeout=0.2):
                     error = message.error()
                     if error is not None:
-                        if error.code() == KafkaError._PARTITION_EOF:
-                            at_end.add(message.partition() or 0)
+                        if error.code() != KafkaError._PARTITION_EOF:
+                            raise RuntimeError(f"reading {self._topic}: {error}")
+                        at_end.add(message.partition() or 0)
                         continue
                     self._apply(message.key(), message.value())
                 if len(at_end) >= len(partitions):
                     self._caught_up.set()
-        except Exception:
-            log.exception("policy reader stopped; callbacks use the policies read so far")
-            self._caught_up.set()
         finally:
             consumer.close()
+
+    def _partitions(self, consumer: Consumer, stop: threading.Event) -> list[int]:
+        """The topic's partitions, once it exists (readiness stays false until then)."""
+        while not stop.is_set():
+            topic = consumer.list_topics(self._topic, timeout=30).topics.get(self._topic)
+            if topic is not None and topic.error is None and topic.partitions:
+                return list(topic.partitions)
+            log.warning("policy topic %s not found yet: %s", self._topic, topic and topic.error)
+            stop.wait(1.0)
+        return []
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         if key is None:
