@@ -17,7 +17,7 @@ from imgpipe.contracts.topics_admin import apply_topics
 from imgpipe.ingest.settings import IngestSettings
 from imgpipe.ingest.tenants import create_tenant
 from imgpipe.localstack.endpoints import Endpoints
-from imgpipe.localstack.pipeline import DEMO_TENANT, LocalPipeline
+from imgpipe.localstack.pipeline import DEMO_TENANT, SERVICES, LocalPipeline
 from imgpipe.store.db import make_engine, make_sessions, upgrade
 from imgpipe.testing.http import ALLOWED_IMAGE_HOST
 
@@ -112,6 +112,20 @@ def submitter(pipeline: LocalPipeline) -> TopicSubmitter:
         default_registry().name(TopicKey.SUBMIT),
         DEMO_TENANT,
     )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+    """When a test of the running pipeline fails, show the warnings and errors its services logged."""
+    report: pytest.TestReport = yield
+    pipeline = getattr(item, "funcargs", {}).get("pipeline")
+    if report.failed and isinstance(pipeline, LocalPipeline):
+        for service in SERVICES:
+            tail = pipeline.log_tail(service, lines=2000).splitlines()
+            worrying = [line for line in tail if '"WARNING"' in line or '"ERROR"' in line]
+            if worrying:
+                report.sections.append((f"{service} log (warnings and errors)", "\n".join(worrying[-15:])))
+    return report
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -48,7 +48,7 @@ def test_a_topic_created_after_start_is_waited_for_then_read_and_followed(
     producer.flush(30)
 
     wait_until(lambda: book.get("example.com") == b"first", 60, "the policy written after start")
-    assert book.is_caught_up()
+    wait_until(book.is_caught_up, 30, "readiness once the topic was read to its end")
 
     producer.produce(topic, key=b"example.com", value=None)  # a tombstone deletes
     producer.flush(30)

@@ -17,6 +17,7 @@ from imgpipe.callback.url_queue import (
     enqueue,
     from_json,
     is_known,
+    restore,
     settle,
     to_json,
 )
@@ -242,3 +243,9 @@ def test_a_deep_backlog_leaves_the_url_state_small() -> None:
     assert len(planned.queue.deliveries) == POLICY.max_in_flight  # the rest waits in the backlog
     assert planned.queue.backlog == 5000 - POLICY.max_in_flight
     assert len(json.dumps(to_json(planned.queue))) < 5000  # what every event rewrites
+
+
+def test_restore_counts_in_a_result_the_state_lost_and_never_moves_the_tail_back() -> None:
+    queue, seq = enqueue(UrlQueue())
+    assert restore(UrlQueue(), seq) == queue  # the crash kept the result but not the state
+    assert restore(queue, seq) == queue  # the state was kept too: nothing to do

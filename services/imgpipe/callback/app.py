@@ -1,11 +1,12 @@
 """The callback service: a faust-streaming app that tells clients about finished tasks.
 
-    result topic --route--> callback requests topic (keyed by URL) --deliver--> per-URL queues (table)
+    result topic --route--> callback requests topic (keyed by URL) --deliver--> per-URL state (table)
                                        ^                                              |
                                        +---- outcomes of sends, wake-ups <---- sender tasks (HTTP)
 
 - `route` re-keys results that want a callback by their URL, so everything about one URL meets in
-  one partition, co-partitioned with the `queues` table (RocksDB locally, a changelog topic in Kafka).
+  one partition, co-partitioned with the `url-state` table (RocksDB locally, a changelog topic in
+  Kafka).
 - `deliver` is the only code that changes a URL's queue (see url_queue.py): it enqueues results,
   applies send outcomes, and starts the sends that the URL's breaker, in-flight cap and token bucket
   allow. It never waits on HTTP itself: sends run as tasks, each bounded by the URL's timeout, so a
@@ -47,12 +48,14 @@ from imgpipe.callback.url_queue import (
     item_from_json,
     item_to_json,
     plan,
+    restore,
     settle,
     to_json,
 )
 from imgpipe.contracts.registry import Registry, TopicKey
 from imgpipe.netguard import EgressPolicy
 from imgpipe.objects import ObjectStore, ObjectStoreError
+from imgpipe.ratelimit import KeyedLimiter
 from imgpipe.runtime.kafka import (
     DEAD_LETTER_GROUP_HEADER,
     DEAD_LETTER_REASON_HEADER,
@@ -130,6 +133,10 @@ class CallbackService:
         self.sender: WebhookSender | None = None  # created inside the event loop
         self.sending: set[str] = set()  # webhook ids this process is sending right now
         self.wakeups = Wakeups()
+        # The table's bucket decides when a send starts; this one holds the request itself back
+        # when building bodies or a busy loop bunched sends up, so the receiver never sees more
+        # than its rate plus burst in any second.
+        self.on_the_wire = KeyedLimiter()
         self.ready = False
         self.policies = PolicyBook(settings, registry.name(TopicKey.CALLBACK_POLICIES))
         self.heartbeat: Callable[[], None] = lambda: None  # liveness: the event loop still turns
@@ -171,12 +178,12 @@ class CallbackService:
         url: str,
         delivery: Delivery,
         items: list[Queued],
-        timeout_seconds: float,
+        policy: Policy,
         requests: faust.TopicT,
     ) -> None:
         self.sending.add(delivery.webhook_id)
         BATCH_SIZES.observe(len(items))
-        task = asyncio.ensure_future(self._send(url, delivery, items, timeout_seconds, requests))
+        task = asyncio.ensure_future(self._send(url, delivery, items, policy, requests))
         self._tasks.add(task)  # the loop keeps only weak references to tasks
         task.add_done_callback(self._tasks.discard)
 
@@ -185,17 +192,17 @@ class CallbackService:
         url: str,
         delivery: Delivery,
         items: list[Queued],
-        timeout_seconds: float,
+        policy: Policy,
         requests: faust.TopicT,
     ) -> None:
         if self.sender is None:
-            policy = EgressPolicy.from_settings(allow_networks=self.settings.callback_allow_networks)
-            self.sender = WebhookSender(policy)
+            egress = EgressPolicy.from_settings(allow_networks=self.settings.callback_allow_networks)
+            self.sender = WebhookSender(egress)
             self._send_slots = asyncio.Semaphore(self.settings.callback_max_concurrent_sends)
         assert self._send_slots is not None
         try:
             async with self._send_slots:
-                sent = await self._build_and_send(url, delivery, items, timeout_seconds)
+                sent = await self._build_and_send(url, delivery, items, policy)
             DELIVERIES.labels(_VERDICT_NAMES[sent.verdict]).inc()
             LATENCY.observe(sent.latency_ms / 1000)
             outcome = callback_pb2.DeliveryOutcome(
@@ -218,7 +225,7 @@ class CallbackService:
             self.wakeups.schedule(url, time.time() + 1)
 
     async def _build_and_send(
-        self, url: str, delivery: Delivery, items: list[Queued], timeout_seconds: float
+        self, url: str, delivery: Delivery, items: list[Queued], policy: Policy
     ) -> SendResult:
         assert self.sender is not None
         try:
@@ -231,8 +238,16 @@ class CallbackService:
         except ObjectStoreError as exc:  # the result to inline could not be read: retried like a send
             reason = f"cannot read the result to inline: {exc}"
             return SendResult(callback_pb2.DELIVERY_VERDICT_RETRY, status_code=0, latency_ms=0, error=reason)
+        await self._pace(url, policy)
         headers = self.signer.headers(delivery.tenant_id, delivery.webhook_id, body, int(time.time()))
-        return await self.sender.send(url, body, headers, timeout_seconds)
+        return await self.sender.send(url, body, headers, policy.timeout_seconds)
+
+    async def _pace(self, url: str, policy: Policy) -> None:
+        """Wait for this process's token of the URL (see `on_the_wire`)."""
+        wait = self.on_the_wire.try_acquire(url, policy.rate_per_second, policy.burst)
+        while wait > 0:
+            await asyncio.sleep(wait)
+            wait = self.on_the_wire.try_acquire(url, policy.rate_per_second, policy.burst)
 
     def _body(self, items: list[Queued], batched: bool) -> bytes:
         return encode_request([self._item(q) for q in items], batched=batched)
@@ -322,36 +337,39 @@ def build_app(settings: CallbackSettings, registry: Registry) -> tuple[faust.App
     events = topic(TopicKey.EVENTS)
     dead_letters = topic(TopicKey.DEAD_LETTER)
 
-    def table(name: str) -> Any:
-        # Co-partitioned with the requests topic: only its agent writes them, so each change goes
-        # to the changelog partition of the URL's requests partition.
-        return app.Table(
-            name,
-            partitions=requests_spec.partitions,
-            schema=faust.Schema(key_serializer="raw", value_serializer="json"),
-        )
+    # Everything about the URLs of a partition lives in one table: a URL's state ("q"), its queued
+    # results ("b", by sequence number) and their index by task ("t", to drop redeliveries). Each
+    # write goes to the changelog partition of the event being handled (co-partitioned with the
+    # requests topic), and one table means one changelog topic, so what survives a crash is always
+    # a prefix of the writes in the order made. `handle` writes so that every prefix is completed
+    # by handling the event again, which is what Kafka does for an event whose offset was not
+    # committed (faust commits only after the changelog writes are acknowledged).
+    urls = app.Table(
+        "url-state",
+        partitions=requests_spec.partitions,
+        schema=faust.Schema(key_serializer="raw", value_serializer="json"),
+    )
 
-    queues = table("url-queues")  # URL -> its UrlQueue
-    backlog = table("url-backlog")  # "URL\x00seq" -> a queued result, until its delivery ends
-    queued_tasks = table("url-queued-tasks")  # "URL\x00task\x00replay" -> seq, to drop redeliveries
+    def queue_key(url: str) -> str:
+        return f"q\x00{url}"
 
     def backlog_key(url: str, seq: int) -> str:
-        return f"{url}\x00{seq:012d}"
+        return f"b\x00{url}\x00{seq:012d}"
 
     def task_key(url: str, task_id: str, replay_id: str) -> str:
-        return f"{url}\x00{task_id}\x00{replay_id}"
+        return f"t\x00{url}\x00{task_id}\x00{replay_id}"
 
     def peeker(url: str) -> Callable[[int], Queued | None]:
-        return lambda seq: item_from_json(backlog.get(backlog_key(url, seq)))
+        return lambda seq: item_from_json(urls.get(backlog_key(url, seq)))
 
     def forget(url: str, delivery: Delivery) -> list[Queued]:
         """Drop an ended delivery's results from the backlog; returns them."""
         items = []
         for seq in delivery.seqs:
-            item = item_from_json(backlog.pop(backlog_key(url, seq), None))
+            item = item_from_json(urls.pop(backlog_key(url, seq), None))
             if item is not None:
                 items.append(item)
-                queued_tasks.pop(task_key(url, item.task_id, item.replay_id), None)
+                urls.pop(task_key(url, item.task_id, item.replay_id), None)
         return items
 
     @app.agent(results)
@@ -383,18 +401,24 @@ def build_app(settings: CallbackSettings, registry: Registry) -> tuple[faust.App
                     },
                 )
                 continue
-            await handle(url, command)
+            # Event time, not the clock: handling an event again after a crash then forms the same
+            # batches (and so the same webhook-ids) as the first time.
+            now = event.message.timestamp or time.time()
+            await handle(url, command, now)
 
-    async def handle(url: str, command: callback_pb2.CallbackCommand) -> None:
-        now = time.time()
+    async def handle(url: str, command: callback_pb2.CallbackCommand, now: float) -> None:
         policy = service.policy_for(url)
-        queue = from_json(queues.get(url))
+        queue = from_json(urls.get(queue_key(url)))
         kind = command.WhichOneof("command")
         if kind == "result":
             result = command.result
-            known = task_key(url, result.task_id, command.replay_id)
-            redelivered = known in queued_tasks or (not command.replay_id and is_known(queue, result.task_id))
-            if not redelivered:
+            index_key = task_key(url, result.task_id, command.replay_id)
+            seq = urls.get(index_key)
+            if seq is not None:
+                # Handled before a crash that kept the result and its index but not the URL's
+                # state: count it in again.
+                queue = restore(queue, seq)
+            elif command.replay_id or not is_known(queue, result.task_id):
                 queue, seq = enqueue(queue)
                 item = Queued(
                     task_id=result.task_id,
@@ -404,8 +428,8 @@ def build_app(settings: CallbackSettings, registry: Registry) -> tuple[faust.App
                     queued_at=now,
                     replay_id=command.replay_id,
                 )
-                backlog[backlog_key(url, seq)] = item_to_json(item)
-                queued_tasks[known] = seq
+                urls[backlog_key(url, seq)] = item_to_json(item)
+                urls[index_key] = seq
         elif kind == "outcome":
             report = command.outcome
             service.sending.discard(report.webhook_id)
@@ -425,11 +449,11 @@ def build_app(settings: CallbackSettings, registry: Registry) -> tuple[faust.App
         for ended in planned.ended:
             forget(url, ended.delivery)
             await record(url, ended.delivery, ended.outcome, None, None, ended.reason)
-        queues[url] = to_json(planned.queue)
+        urls[queue_key(url)] = to_json(planned.queue)  # last: see the table's comment
         peek = peeker(url)
         for delivery in planned.start:
             items = [item for item in map(peek, delivery.seqs) if item is not None]
-            service.start_send(url, delivery, items, policy.timeout_seconds, requests)
+            service.start_send(url, delivery, items, policy, requests)
         if planned.wake_at is not None:
             service.wakeups.schedule(url, planned.wake_at)
 
@@ -479,8 +503,11 @@ def build_app(settings: CallbackSettings, registry: Registry) -> tuple[faust.App
         depth = {"pending": 0, "in_flight": 0, "retrying": 0}
         open_breakers = disabled = 0
         now = time.time()
-        for key, stored in list(queues.items()):
-            url = key.decode() if isinstance(key, bytes) else key
+        for raw_key, stored in list(urls.items()):
+            key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
+            if not key.startswith("q\x00"):
+                continue
+            url = key.removeprefix("q\x00")
             queue = from_json(stored)
             depth["pending"] += queue.backlog
             for delivery in queue.deliveries:

@@ -3,10 +3,11 @@
 The faust agent owns one `UrlQueue` per URL in a table and changes it only through `enqueue`,
 `plan` and `settle`, so the state is always what the changelog says and a restarted worker resumes
 exactly where the last one left off. Nothing here does I/O or reads a clock: the caller passes `now`
-(wall-clock seconds, since the state outlives processes).
+(the timestamp of the event being handled, in wall-clock seconds: the state outlives processes, and
+an event handled again after a crash decides the same).
 
-A URL's state stays small however long its backlog: the queued results themselves live in a second
-table (`backlog`, keyed by URL and sequence number) that the caller reads through `peek`; the state
+A URL's state stays small however long its backlog: the queued results themselves are stored apart
+(keyed by URL and sequence number) and the caller reads them through `peek`; the state
 holds the sequence range and the open deliveries, at most `max_in_flight` of them, each naming its
 results by sequence number. So a receiver that is down while thousands of results pile up costs
 the same per event as any other URL.
@@ -148,6 +149,12 @@ def enqueue(queue: UrlQueue) -> tuple[UrlQueue, int]:
     """Take the next sequence number; the caller stores the result in the backlog under it.
     (The caller checks `is_known` and the backlog's index of queued tasks first.)"""
     return replace(queue, tail=queue.tail + 1), queue.tail
+
+
+def restore(queue: UrlQueue, seq: int) -> UrlQueue:
+    """Count in a result the backlog holds under `seq` although the state lost it (the state is
+    written after the result; a crash between the two keeps only the result)."""
+    return replace(queue, tail=max(queue.tail, seq + 1))
 
 
 def plan(queue: UrlQueue, policy: Policy, now: float, sending_here: set[str], peek: Peek) -> Plan:
