@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from imgpipe.client import ApiClient, TaskRequest, TopicSubmitter
@@ -225,12 +224,8 @@ def test_every_service_exports_outcome_counters_latency_and_lag(
     submitter.flush()
     api.wait(task_ids, timeout=120)
 
-    def samples(service: str) -> list[tuple[str, dict[str, str]]]:
-        text = httpx.get(f"http://127.0.0.1:{pipeline.state.ports[service]}/metrics", timeout=10).text
-        return [(s.name, s.labels) for family in text_string_to_metric_families(text) for s in family.samples]
-
     def has(service: str, name: str, **labels: str) -> bool:
-        return any(n == name and labels.items() <= got.items() for n, got in samples(service))
+        return any(s.name == name and labels.items() <= s.labels.items() for s in pipeline.metrics(service))
 
     for stage in ("detect", "generate", "matte"):
         assert has(stage, "imgpipe_stage_tasks_total", stage=stage, outcome="completed")

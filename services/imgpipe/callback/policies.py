@@ -13,11 +13,18 @@ import threading
 import uuid
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
+from prometheus_client import Gauge
 
 from imgpipe.runtime.kafka import client_config
 from imgpipe.runtime.settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
+
+POSITION = Gauge(
+    "imgpipe_callback_policy_topic_position",
+    "Offsets of the policy topic read so far, summed over its partitions (compare with its end offsets "
+    "to see whether a policy change has reached this worker)",
+)
 
 
 class PolicyBook:
@@ -60,15 +67,19 @@ class PolicyBook:
             partitions = self._partitions(consumer, stop)
             consumer.assign([TopicPartition(self._topic, p, 0) for p in partitions])
             at_end: set[int] = set()
+            positions = dict.fromkeys(partitions, 0)
             while not stop.is_set():
                 for message in consumer.consume(num_messages=500, timeout=0.2):
                     error = message.error()
+                    partition = message.partition() or 0
                     if error is not None:
                         if error.code() != KafkaError._PARTITION_EOF:
                             raise RuntimeError(f"reading {self._topic}: {error}")
-                        at_end.add(message.partition() or 0)
+                        at_end.add(partition)
                         continue
                     self._apply(message.key(), message.value())
+                    positions[partition] = (message.offset() or 0) + 1
+                POSITION.set(sum(positions.values()))
                 if len(at_end) >= len(partitions):
                     self._caught_up.set()
         finally:

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from imgpipe.localstack.endpoints import Endpoints
 from imgpipe.localstack.errors import LocalStackError
@@ -197,6 +199,11 @@ class LocalPipeline:
             return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
+
+    def metrics(self, service: str) -> list[Sample]:
+        """The samples a running service exports on /metrics now."""
+        text = httpx.get(f"http://127.0.0.1:{self.state.ports[service]}/metrics", timeout=10).text
+        return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
 
     def wait_ready(self, service: str, timeout: float = READY_TIMEOUT) -> None:
         def ready_or_dead() -> bool:

@@ -6,6 +6,7 @@ Each path records every request it gets (arrival time, headers, body) and answer
 
 from __future__ import annotations
 
+import bisect
 import json
 import threading
 import time
@@ -60,6 +61,13 @@ class Receivers:
     def requests_to(self, path: str) -> list[Received]:
         with self.lock:
             return [r for r in self.received if r.path == path]
+
+    def busiest_second(self, path: str) -> int:
+        """The most requests `path` got within any one second (a window opening at each arrival)."""
+        arrivals = sorted(r.at for r in self.requests_to(path))
+        return max(
+            (bisect.bisect_left(arrivals, start + 1.0) - i for i, start in enumerate(arrivals)), default=0
+        )
 
     def task_ids(self, path: str | None = None) -> set[str]:
         with self.lock:
