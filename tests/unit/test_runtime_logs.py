@@ -1,11 +1,23 @@
 import json
 import logging
+from collections.abc import Iterator
 
 import pytest
 
 from imgpipe.runtime.logs import configure_logging, log_context
 
 pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(autouse=True)
+def root_logger_restored() -> Iterator[None]:
+    """configure_logging replaces the root handlers; later tests must not log into this test's
+    captured (then closed) stderr."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def test_json_lines_carry_task_and_trace_ids(capsys: pytest.CaptureFixture[str]) -> None:
