@@ -19,11 +19,11 @@ WORKDIR /src
 # Dependencies first: this layer is rebuilt only when the lock changes.
 COPY pyproject.toml uv.lock README.md ./
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-install-project
+    uv sync --frozen --no-default-groups --no-install-project
 COPY services ./services
 COPY schemas ./schemas
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-editable
+    uv sync --frozen --no-default-groups --no-editable
 
 FROM python:3.11.14-slim-bookworm
 # A numeric, non-root user (the chart's runAsUser) so the kubelet can verify runAsNonRoot.
