@@ -98,7 +98,8 @@ def _missing_apt_packages(wanted: set[str], todo: set[str]) -> list[str]:
     return packages
 
 
-def _apt_install(packages: list[str], log_path: Path) -> None:
+def apt_install(packages: list[str], log_path: Path) -> None:
+    """Install Debian packages (as root), with apt-get's output in `log_path`."""
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         raise InstallError(
             f"missing Debian packages {', '.join(packages)}: install them "
@@ -197,7 +198,7 @@ def ensure_installed(components: Iterable[str] = COMPONENTS) -> Installation:
             return installation
         go = _check_go() if MINIO in todo else None  # fail before any slow step
         if packages:
-            _apt_install(packages, installation.logs / "install-apt.log")
+            apt_install(packages, installation.logs / "install-apt.log")
         if POSTGRES in todo and not is_installed(POSTGRES, installation):
             raise InstallError(f"{installation.postgres_bin / 'postgres'} is still missing after apt-get")
         builds = []

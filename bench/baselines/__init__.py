@@ -1,0 +1,1 @@
+"""Rebuilds of the systems imgpipe replaces, for the benchmarks only (services/imgpipe never imports them)."""
