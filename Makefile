@@ -12,7 +12,7 @@ IMGPIPE := $(VENV)/bin/imgpipe
 PYTEST := $(VENV)/bin/pytest
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
-.PHONY: help setup up demo down status doctor test test-unit test-integration chart-check lint format proto proto-check proto-breaking clean
+.PHONY: help setup up demo down status doctor test bench test-unit test-integration chart-check lint format proto proto-check proto-breaking clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ doctor:  ## version, endpoint and health of each dependency
 
 test: setup lint chart-check  ## lint, the chart checks, then every other test (unit and integration, on a private test stack)
 	$(PYTEST) -m "not chart"
+
+bench: setup  ## every benchmark in one run (about 40 min): writes docs/bench/ and the tables in docs/benchmarks.md
+	$(VENV)/bin/python -m bench.suite
 
 test-unit: $(VENV)/.synced  ## fast tests only
 	$(PYTEST) -m unit
