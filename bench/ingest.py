@@ -181,6 +181,9 @@ class Accounting:
             # work sharing the cores, the kernel's own threads): large values mean a disturbed run.
             "machine_cpu_seconds": round(machine_cpu, 3),
             "other_cpu_seconds": round(max(0.0, machine_cpu - sampled), 3),
+            "other_cpu_share": round(max(0.0, machine_cpu - sampled) / machine_cpu, 3)
+            if machine_cpu
+            else None,
             "load_average_1m": round(os.getloadavg()[0], 2),
             "wall_seconds": round(self.sampler.wall_seconds, 3),
         }
@@ -516,7 +519,13 @@ def run_ingest_bench(
 def records(result: Mapping[str, Any], system: str = "imgpipe") -> list[dict[str, Any]]:
     """The results-file records (kind "ingest", one per door) of run_ingest_bench's result."""
     http, topic = result["http"], result["topic"]
-    keep_http = ("accepted_per_second", "latency_seconds", "system_cpu_ms_per_accepted", "processes")
+    keep_http = (
+        "accepted_per_second",
+        "latency_seconds",
+        "system_cpu_ms_per_accepted",
+        "other_cpu_share",
+        "processes",
+    )
     keep_topic = (
         "produced_per_second",
         "accepted_per_second",
@@ -524,6 +533,7 @@ def records(result: Mapping[str, Any], system: str = "imgpipe") -> list[dict[str
         "ack_latency_seconds",
         "acceptance_lag_seconds",
         "system_cpu_ms_per_accepted",
+        "other_cpu_share",
         "processes",
     )
     return [
@@ -554,8 +564,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         return f"{mean:.{digits}f} ± {stdev:.{digits}f}"
 
     lines = [
-        "| door | load | accepted/s | produced/s | p50 s | p99 s | system CPU ms per task |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| door | load | accepted/s | produced/s | p50 s | p99 s | CPU ms per task | other CPU share |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         if row["door"] == "http":
@@ -567,7 +577,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {row['door']} | {load} | {cell(row.get('accepted_per_second'))} "
             f"| {cell(row.get('produced_per_second'))} | {cell(latency.get('p50'), 3)} "
-            f"| {cell(latency.get('p99'), 3)} | {cell(row.get('system_cpu_ms_per_accepted'))} |"
+            f"| {cell(latency.get('p99'), 3)} | {cell(row.get('system_cpu_ms_per_accepted'))} "
+            f"| {cell(row.get('other_cpu_share'), 2)} |"
         )
     return "\n".join(lines)
 

@@ -30,7 +30,7 @@ from bench.measure import mean_and_stdev, read_results
 DEFAULT_DIR = Path("docs/bench")
 SCENARIOS = ("steady", "burst")
 PERCENTILES = ("p50", "p95", "p99")
-SYSTEM_ORDER = ("imgpipe", "celery")
+SYSTEM_ORDER = ("imgpipe", "celery-redis", "celery", "compute-bound")
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 HATCHES = ("", "//", "..", "xx")
 # No software version or date in the files: the same results give the same bytes.
