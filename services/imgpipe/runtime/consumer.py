@@ -180,10 +180,7 @@ class ConsumeLoop:
                 if self._health is not None:
                     self._health.beat()
                 self._resume_due_partitions()
-                messages = self._consumer.consume(
-                    num_messages=self._settings.consumer_batch_size,
-                    timeout=self._settings.consumer_poll_seconds,
-                )
+                messages = self._next_batch()
                 if messages:
                     self._process_batch(messages)
         finally:
@@ -192,6 +189,15 @@ class ConsumeLoop:
             # rather than after the session timeout.
             self._consumer.close()
             log.info("consumer closed", extra={"group": self._group_id})
+
+    def _next_batch(self) -> list[Message]:
+        """Wait up to the poll interval for one message, then add what else is already fetched, up
+        to the batch size. (A single consume() for the whole batch waits out the interval unless the
+        batch fills: at a low rate every hop would add up to that interval to a task's latency.)"""
+        first = self._consumer.consume(num_messages=1, timeout=self._settings.consumer_poll_seconds)
+        if not first or self._settings.consumer_batch_size == 1:
+            return first
+        return first + self._consumer.consume(num_messages=self._settings.consumer_batch_size - 1, timeout=0)
 
     # -- batch processing --------------------------------------------------------------------
 
