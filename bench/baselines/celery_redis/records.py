@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from imgpipe.ingest.results import result_columns
 from imgpipe.ingest.settings import IngestSettings
 from imgpipe.ingest.tenants import create_tenant
 from imgpipe.store.models import TERMINAL_STATES, CallbackStatus, Task, TaskState, Tenant
+from imgpipe.v1 import task_pb2
 
 from .protocol import STAGES
 
@@ -25,18 +26,6 @@ TENANT_ID = "celery-baseline"
 
 # The deadline recorded on the row: ingest's own default time limit, so rows look like imgpipe's.
 TIME_LIMIT = timedelta(seconds=IngestSettings.model_fields["task_time_limit_seconds"].default)
-
-
-@dataclass(frozen=True)
-class Result:
-    """The stored result image (matte's artifact)."""
-
-    object_key: str
-    content_type: str
-    width: int
-    height: int
-    size_bytes: int
-    sha256: str
 
 
 def ensure_tenant(sessions: sessionmaker[Session]) -> None:
@@ -90,7 +79,7 @@ def start_stage(sessions: sessionmaker[Session], task_id: str, stage: str) -> Ta
         return task
 
 
-def succeed(sessions: sessionmaker[Session], task_id: str, result: Result) -> Task | None:
+def succeed(sessions: sessionmaker[Session], task_id: str, result: task_pb2.Artifact) -> Task | None:
     """End the task `succeeded` with its result; returns the row, or None if it had already ended."""
     with sessions.begin() as session:
         task = _open_task(session, task_id)
@@ -98,12 +87,8 @@ def succeed(sessions: sessionmaker[Session], task_id: str, result: Result) -> Ta
             return None
         _end(task, TaskState.SUCCEEDED)
         task.progress = 1.0
-        task.result_object_key = result.object_key
-        task.result_content_type = result.content_type
-        task.result_width = result.width
-        task.result_height = result.height
-        task.result_size_bytes = result.size_bytes
-        task.result_sha256 = result.sha256
+        for column, value in result_columns(result).items():
+            setattr(task, column, value)
         return task
 
 

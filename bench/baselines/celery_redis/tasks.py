@@ -15,7 +15,6 @@ variables set (see protocol.py); the harness starts them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -30,11 +29,10 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 from sqlalchemy.orm import Session, sessionmaker
 
-from imgpipe.objects import artifact_key
 from imgpipe.stages.detect import DetectWork
 from imgpipe.stages.generate import GenerateWork
 from imgpipe.stages.matte import MatteWork
-from imgpipe.stages.runner import StageWork, permanent_code
+from imgpipe.stages.runner import StageWork, permanent_code, store_artifact
 from imgpipe.stages.settings import StageSettings
 from imgpipe.store.db import make_engine, make_sessions
 from imgpipe.store.models import CallbackStatus
@@ -174,21 +172,12 @@ def _run_stage(stage: str, task_id: str, prompt: str) -> None:
         if code is not None and not getattr(exc, "retryable", False):
             raise PermanentFailure(code, str(exc)) from exc
         raise  # transient (or retryable with a code): autoretry_for takes it
-    key = artifact_key(task_id, stage, output.extension)
-    here.objects.put(key, output.data, output.content_type)
+    artifact = store_artifact(here.objects, task_id, stage, output)
     if stage != "matte":
-        envelope.artifacts[stage].object_key = key
+        envelope.artifacts[stage].CopyFrom(artifact)
         here.objects.put(envelope_key(task_id), envelope.SerializeToString(), "application/x-protobuf")
         return
-    result = records.Result(
-        object_key=key,
-        content_type=output.content_type,
-        width=output.width,
-        height=output.height,
-        size_bytes=len(output.data),
-        sha256=hashlib.sha256(output.data).hexdigest(),
-    )
-    finished = records.succeed(here.sessions, task_id, result)
+    finished = records.succeed(here.sessions, task_id, artifact)
     if finished is not None:
         _hand_on_callback(finished)
 

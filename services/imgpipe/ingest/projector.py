@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from imgpipe.contracts.payloads import stage_name
 from imgpipe.contracts.registry import Registry, TopicKey
+from imgpipe.ingest.results import result_columns
 from imgpipe.runtime.consumer import PoisonMessage
 from imgpipe.runtime.kafka import Forward, Record
 from imgpipe.store.models import (
@@ -142,13 +143,7 @@ class Projector:
         if result.HasField("started_at"):
             values["started_at"] = func.coalesce(Task.started_at, result.started_at.ToDatetime(tzinfo=UTC))
         if result.HasField("result"):
-            artifact = result.result
-            values["result_object_key"] = artifact.object_key
-            values["result_content_type"] = artifact.content_type or None
-            values["result_width"] = artifact.width or None
-            values["result_height"] = artifact.height or None
-            values["result_size_bytes"] = artifact.size_bytes or None
-            values["result_sha256"] = artifact.sha256 or None
+            values.update(result_columns(result.result))
         if result.HasField("error"):
             values["error_code"] = error_code_name(result.error.code)
             values["error_message"] = result.error.message

@@ -27,6 +27,18 @@ def stage_value(name: str) -> task_pb2.Stage.ValueType:
         return task_pb2.STAGE_UNSPECIFIED
 
 
+def result_columns(artifact: task_pb2.Artifact) -> dict[str, str | int | None]:
+    """The task row's result columns for a stored result (an unset field is NULL)."""
+    return {
+        "result_object_key": artifact.object_key,
+        "result_content_type": artifact.content_type or None,
+        "result_width": artifact.width or None,
+        "result_height": artifact.height or None,
+        "result_size_bytes": artifact.size_bytes or None,
+        "result_sha256": artifact.sha256 or None,
+    }
+
+
 def task_result(task: Task) -> result_pb2.TaskResult:
     """The TaskResult of a terminal task, rebuilt from its row: state, result artifact (succeeded) or
     error (failed, canceled), timestamps, processing time, callback spec, tenant and metadata."""

@@ -160,16 +160,7 @@ class StageRunner:
         return forwards
 
     def _store(self, task_id: str, output: StageOutput) -> task_pb2.Artifact:
-        key = artifact_key(task_id, self._name, output.extension)
-        self._objects.put(key, output.data, output.content_type)
-        return task_pb2.Artifact(
-            object_key=key,
-            content_type=output.content_type,
-            width=output.width,
-            height=output.height,
-            size_bytes=len(output.data),
-            sha256=hashlib.sha256(output.data).hexdigest(),
-        )
+        return store_artifact(self._objects, task_id, self._name, output)
 
     def _announce_start(self, envelope: task_pb2.TaskEnvelope, attempt: int) -> None:
         # Sent at once rather than with the batch's forwards, so the API shows the stage while it runs;
@@ -231,3 +222,17 @@ class StageRunner:
             elapsed = outcome.completed_at.ToMilliseconds() - envelope.started_at.ToMilliseconds()
             outcome.processing_ms = max(0, elapsed)
         return Forward(self._topics.result, outcome.SerializeToString(), key=envelope.task_id)
+
+
+def store_artifact(objects: ObjectStore, task_id: str, stage: str, output: StageOutput) -> task_pb2.Artifact:
+    """Write a stage's output under its deterministic key; the Artifact that names and describes it."""
+    key = artifact_key(task_id, stage, output.extension)
+    objects.put(key, output.data, output.content_type)
+    return task_pb2.Artifact(
+        object_key=key,
+        content_type=output.content_type,
+        width=output.width,
+        height=output.height,
+        size_bytes=len(output.data),
+        sha256=hashlib.sha256(output.data).hexdigest(),
+    )
