@@ -25,6 +25,13 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from bench.measure import ProcessSampler, Progress, latency_summary, throughput
+from imgpipe.objects import ObjectStore
+from imgpipe.stages.detect import DetectWork
+from imgpipe.stages.generate import GenerateWork
+from imgpipe.stages.matte import MatteWork
+from imgpipe.stages.runner import StageWork, store_artifact
+from imgpipe.stages.settings import StageSettings
+from imgpipe.v1 import task_pb2
 
 PROMPTS = ("a watercolor painting", "pencil sketch", "cartoon", "vintage sepia photo", "pop art")
 
@@ -99,17 +106,51 @@ def run_workload(system: System, workload: Workload, image: bytes, progress: Pro
 # -- the compute bound ---------------------------------------------------------------------------
 
 
-_stages: Any = None  # the pool process's stages, built once by _load_stages
+class MemoryObjects(ObjectStore):
+    """Objects in a dict: the compute bound leaves storage out on purpose."""
+
+    def __init__(self) -> None:
+        self._objects: dict[str, bytes] = {}
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        self._objects[key] = data
+
+    def get(self, key: str) -> bytes:
+        return self._objects[key]
+
+
+class StageChain:
+    """detect -> generate -> matte as the services run them, artifacts handed on in memory."""
+
+    def __init__(self) -> None:
+        settings = StageSettings()
+        self.stages: dict[str, StageWork] = {
+            "detect": DetectWork.from_settings(settings),
+            "generate": GenerateWork.from_settings(settings),
+            "matte": MatteWork.from_settings(settings),
+        }
+
+    def run(self, index: int, original: bytes) -> None:
+        objects = MemoryObjects()
+        task_id = f"bench-{index}"
+        objects.put(f"{task_id}/original", original, "image/jpeg")
+        envelope = task_pb2.TaskEnvelope(task_id=task_id, prompt=PROMPTS[index % len(PROMPTS)])
+        envelope.source.object_key = f"{task_id}/original"
+        for name, work in self.stages.items():
+            output = work.run(envelope, objects)
+            envelope.artifacts[name].CopyFrom(store_artifact(objects, task_id, name, output))
+
+
+_stages: StageChain | None = None  # the pool process's stages, built once by _load_stages
 
 
 def _load_stages() -> None:
-    from bench.compute_bound import StageChain
-
     global _stages
     _stages = StageChain()
 
 
 def _run_in_pool(index: int, image: bytes) -> tuple[str, float]:
+    assert _stages is not None, "the pool's initializer builds the stages"
     _stages.run(index, image)
     return "succeeded", time.time()
 

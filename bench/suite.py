@@ -71,7 +71,9 @@ def main() -> None:
     image = photo_jpeg()
     args.out.mkdir(parents=True, exist_ok=True)
     command = "make bench" if len(sys.argv) == 1 else " ".join(["python -m bench.suite", *sys.argv[1:]])
-    steps = args.reps * len(workloads) * 3 * sum(w.tasks for w in workloads) // len(workloads) + 16
+    # A workload run advances by its task count; a callback run by one.
+    callback_runs = len(callbacks.URL_COUNTS) * len(callbacks.MODES) * 2
+    steps = args.reps * 3 * sum(w.tasks for w in workloads) + callback_runs
     records: list[dict[str, Any]] = []
     endpoints = start_stack(STACK)
     pipeline = LocalPipeline(STACK, endpoints)
