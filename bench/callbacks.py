@@ -35,6 +35,7 @@ from bench.measure import Progress
 from imgpipe.contracts.registry import TopicKey, default_registry
 from imgpipe.localstack.pipeline import DEMO_TENANT, LocalPipeline
 from imgpipe.localstack.waiting import wait_until
+from imgpipe.testing.callbacks import set_policies
 from imgpipe.testing.receivers import Receivers, run_receivers
 from imgpipe.v1 import callback_pb2, result_pb2, task_pb2
 
@@ -91,16 +92,19 @@ def run_imgpipe(pipeline: LocalPipeline, urls: int, callbacks: int, mode: str, l
     producer = Producer({"bootstrap.servers": pipeline.endpoints.kafka_bootstrap_servers, "linger.ms": 5})
     with run_receivers() as receivers:
         paths = [f"/{uuid.uuid4().hex[:8]}" for _ in range(urls)]
-        for path in paths:
-            url = receivers.url(path)
-            policy = callback_pb2.CallbackPolicy(
-                key=url, rate_per_second=limit, burst=limit, batch_size=50, max_delay_ms=200
-            )
-            producer.produce(
-                registry.name(TopicKey.CALLBACK_POLICIES), key=url, value=policy.SerializeToString()
-            )
-        producer.flush(30)
-        time.sleep(1)  # the policy reader polls every 0.2 s: let it read the policies first
+        set_policies(
+            pipeline,
+            {
+                receivers.url(path): callback_pb2.CallbackPolicy(
+                    key=receivers.url(path),
+                    rate_per_second=limit,
+                    burst=limit,
+                    batch_size=50,
+                    max_delay_ms=200,
+                )
+                for path in paths
+            },
+        )
         started = time.monotonic()
         for i in range(callbacks):
             task_id = str(uuid.uuid4())

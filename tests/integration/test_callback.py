@@ -17,7 +17,7 @@ from typing import Any
 
 import jsonschema
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from imgpipe.callback.signing import WebhookSigner
@@ -25,8 +25,9 @@ from imgpipe.client import ApiClient, TaskRequest
 from imgpipe.contracts.registry import TopicKey, default_registry, schemas_dir
 from imgpipe.localstack.pipeline import DEMO_TENANT, LocalPipeline
 from imgpipe.localstack.waiting import wait_until
-from imgpipe.runtime.kafka import DEAD_LETTER_REASON_HEADER, Received
+from imgpipe.runtime.kafka import DEAD_LETTER_REASON_HEADER, ORIGIN_TOPIC_HEADER, Received
 from imgpipe.samples import photo_jpeg
+from imgpipe.testing.callbacks import set_policies
 from imgpipe.testing.kafka import read_topic
 from imgpipe.testing.receivers import Behavior, Receivers, run_receivers
 from imgpipe.v1 import callback_pb2, events_pb2, result_pb2, task_pb2
@@ -46,10 +47,10 @@ class Results:
     """Publishes TaskResults to the result topic, as the pipeline's last stage does."""
 
     def __init__(self, pipeline: LocalPipeline) -> None:
-        bootstrap = pipeline.endpoints.kafka_bootstrap_servers
         self._pipeline = pipeline
-        self._producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
-        self._watermarks = Consumer({"bootstrap.servers": bootstrap, "group.id": "unused"})
+        self._producer = Producer(
+            {"bootstrap.servers": pipeline.endpoints.kafka_bootstrap_servers, "linger.ms": 5}
+        )
         self._topic = REGISTRY.name(TopicKey.RESULT)
 
     def publish(self, url: str, count: int, *, batched: bool = False, failed: bool = False) -> list[str]:
@@ -89,30 +90,13 @@ class Results:
         return task_ids
 
     def close(self) -> None:
-        self._watermarks.close()
         self._producer.flush(30)
 
     def set_policy(self, key: str, policy: callback_pb2.CallbackPolicy | None) -> None:
         self.set_policies({key: policy})
 
     def set_policies(self, policies: Mapping[str, callback_pb2.CallbackPolicy | None]) -> None:
-        """Write policies and wait until the callback service has read them."""
-        topic = REGISTRY.name(TopicKey.CALLBACK_POLICIES)
-        for key, policy in policies.items():
-            self._producer.produce(
-                topic, key=key, value=None if policy is None else policy.SerializeToString()
-            )
-        assert self._producer.flush(30) == 0
-        end = sum(
-            self._watermarks.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1]
-            for partition in self._watermarks.list_topics(topic, timeout=10).topics[topic].partitions
-        )
-
-        def read_to(end: int) -> bool:
-            samples = self._pipeline.metrics("callback")
-            return any(s.name == "imgpipe_callback_policy_topic_position" and s.value >= end for s in samples)
-
-        wait_until(lambda: read_to(end), 60, "the callback service to read the new policies")
+        set_policies(self._pipeline, policies)
 
 
 @pytest.fixture
@@ -303,6 +287,32 @@ def test_410_disables_the_url_and_the_last_failed_attempt_is_dead_lettered(
     assert "gave up after" in (record.header(DEAD_LETTER_REASON_HEADER) or "")
     attempts = int(pipeline.state.overrides["IMGPIPE_CALLBACK_MAX_ATTEMPTS"])
     assert len(receivers.requests_to("/down")) == attempts
+
+
+@pytest.mark.timeout(300)
+def test_a_malformed_command_is_dead_lettered_and_its_url_still_gets_its_callbacks(
+    pipeline: LocalPipeline, receivers: Receivers, results: Results
+) -> None:
+    url = receivers.url("/after-poison")
+    requests_topic = REGISTRY.name(TopicKey.CALLBACK_REQUESTS)
+    poison = Producer({"bootstrap.servers": pipeline.endpoints.kafka_bootstrap_servers})
+    poison.produce(requests_topic, key=url.encode(), value=b"\xff not a CallbackCommand")
+    assert poison.flush(30) == 0
+    (task_id,) = results.publish(url, 1)
+
+    all_arrived(receivers, "/after-poison", [task_id], timeout=60)
+
+    def dead_lettered(seen: Sequence[Received]) -> bool:
+        return any(r.key_text == url and r.header(ORIGIN_TOPIC_HEADER) == requests_topic for r in seen)
+
+    records = read_topic(
+        pipeline.endpoints.kafka_bootstrap_servers,
+        REGISTRY.name(TopicKey.DEAD_LETTER),
+        dead_lettered,
+        timeout=60,
+    )
+    record = next(r for r in records if r.key_text == url and r.header(ORIGIN_TOPIC_HEADER) == requests_topic)
+    assert "poison message" in (record.header(DEAD_LETTER_REASON_HEADER) or "")
 
 
 def test_a_real_task_calls_back_and_the_api_shows_every_attempt(
