@@ -444,13 +444,13 @@ def build_app(settings: CallbackSettings, registry: Registry) -> tuple[faust.App
                 retrying = _find(queue, report.webhook_id)
                 if retrying is not None:
                     await record(url, retrying, settled.outcome, report, settled.next_attempt_at)
-        planned = plan(queue, policy, now, service.sending, peeker(url))
+        peek = peeker(url)
+        planned = plan(queue, policy, now, service.sending, peek)
         RATE_LIMITED.inc(planned.rate_limited)
         for ended in planned.ended:
             forget(url, ended.delivery)
             await record(url, ended.delivery, ended.outcome, None, None, ended.reason)
         urls[queue_key(url)] = to_json(planned.queue)  # last: see the table's comment
-        peek = peeker(url)
         for delivery in planned.start:
             items = [item for item in map(peek, delivery.seqs) if item is not None]
             service.start_send(url, delivery, items, policy, requests)
