@@ -8,7 +8,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from imgpipe.runtime.consumer import TransientError
+from imgpipe.runtime.errors import TransientError
 from imgpipe.runtime.settings import RuntimeSettings
 
 if TYPE_CHECKING:

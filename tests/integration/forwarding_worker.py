@@ -13,7 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from imgpipe.runtime.consumer import FailureRouting, PoisonMessage, RetryTier
+from imgpipe.runtime.consumer import FailureRouting, RetryTier
+from imgpipe.runtime.errors import PoisonMessage
 from imgpipe.runtime.kafka import Forward, Record
 from imgpipe.runtime.service import run_consumer_service
 from imgpipe.runtime.settings import RuntimeSettings, load_settings

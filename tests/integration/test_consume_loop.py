@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from imgpipe.localstack.waiting import wait_until
-from imgpipe.runtime.consumer import ConsumeLoop, FailureRouting, PoisonMessage, RetryTier, TransientError
+from imgpipe.runtime.consumer import ConsumeLoop, FailureRouting, RetryTier
+from imgpipe.runtime.errors import PoisonMessage, TransientError
 from imgpipe.runtime.kafka import (
     DEAD_LETTER_GROUP_HEADER,
     DEAD_LETTER_REASON_HEADER,

@@ -25,7 +25,7 @@ from imgpipe.ingest.tenants import ApiKeyAuthenticator, create_tenant
 from imgpipe.ingest.terminate import reap_overdue
 from imgpipe.ingest.wiring import IngestCore
 from imgpipe.ratelimit import KeyedLimiter
-from imgpipe.runtime.consumer import PoisonMessage
+from imgpipe.runtime.errors import PoisonMessage
 from imgpipe.runtime.kafka import Record, build_producer
 from imgpipe.store.models import OutboxMessage, Task, TaskState
 from imgpipe.testing.kafka import read_topic

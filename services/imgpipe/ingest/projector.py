@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from imgpipe.contracts.payloads import stage_name
 from imgpipe.contracts.registry import Registry, TopicKey
 from imgpipe.ingest.results import result_columns
-from imgpipe.runtime.consumer import PoisonMessage
+from imgpipe.runtime.errors import PoisonMessage
 from imgpipe.runtime.kafka import Forward, Record
 from imgpipe.store.models import (
     TERMINAL_STATES,

@@ -18,7 +18,7 @@ from imgpipe.contracts import payloads
 from imgpipe.contracts.registry import TopicSpec
 from imgpipe.ingest.accept import ImageTooLarge, NewTask, TaskAcceptor, UnknownTenant
 from imgpipe.ingest.models import SubmitTopicTask
-from imgpipe.runtime.consumer import PoisonMessage
+from imgpipe.runtime.errors import PoisonMessage
 from imgpipe.runtime.kafka import Forward, Record
 
 log = logging.getLogger(__name__)

@@ -28,6 +28,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Gauge, Histogram
 
+from imgpipe.runtime.errors import PoisonMessage, TransientError
 from imgpipe.runtime.health import Health
 from imgpipe.runtime.kafka import (
     ATTEMPT_HEADER,
@@ -78,14 +79,6 @@ _RUNTIME_HEADERS = frozenset(
     {ATTEMPT_HEADER, RETRY_GROUP_HEADER, RETRY_DUE_HEADER, ERROR_HEADER, DEAD_LETTER_REASON_HEADER}
 )
 _MAX_REASON_CHARS = 2_000
-
-
-class PoisonMessage(Exception):
-    """The message can never be processed (undecodable, invalid): dead-letter it now."""
-
-
-class TransientError(Exception):
-    """A dependency failed; the same message may succeed later. Retried through the tiers."""
 
 
 @dataclass(frozen=True)

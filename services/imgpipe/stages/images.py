@@ -6,7 +6,7 @@ from PIL import Image
 
 from imgpipe.imaging.validate import encode_png, load_image
 from imgpipe.objects import ObjectStore
-from imgpipe.runtime.consumer import PoisonMessage
+from imgpipe.runtime.errors import PoisonMessage
 from imgpipe.stages.runner import StageOutput
 from imgpipe.v1 import task_pb2
 

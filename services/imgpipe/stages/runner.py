@@ -24,7 +24,7 @@ from prometheus_client import Counter, Histogram
 
 from imgpipe.contracts.payloads import stage_name
 from imgpipe.objects import ObjectStore, artifact_key
-from imgpipe.runtime.consumer import PoisonMessage
+from imgpipe.runtime.errors import PoisonMessage
 from imgpipe.runtime.kafka import Forward, Record
 from imgpipe.runtime.telemetry import inject_current_context
 from imgpipe.v1 import events_pb2, result_pb2, task_pb2
