@@ -12,7 +12,7 @@ IMGPIPE := $(VENV)/bin/imgpipe
 PYTEST := $(VENV)/bin/pytest
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
-.PHONY: help setup up demo down status doctor test bench test-unit test-integration chart-check lint format proto proto-check proto-breaking clean
+.PHONY: help setup up demo down status doctor test bench test-unit test-integration chart-check lint format openapi proto proto-check proto-breaking clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -74,6 +74,9 @@ lint: $(VENV)/.synced  ## ruff, mypy and generated-code staleness
 format: $(VENV)/.synced
 	$(VENV)/bin/ruff format services tests bench
 	$(VENV)/bin/ruff check --fix services tests bench
+
+openapi: $(VENV)/.synced  ## rewrite schemas/openapi.json from the API's routes (tests fail when it is stale)
+	$(IMGPIPE) openapi
 
 proto: $(VENV)/.synced  ## regenerate Python code from proto/
 	$(VENV)/bin/python -m imgpipe.contracts.codegen

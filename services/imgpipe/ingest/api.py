@@ -22,6 +22,7 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from sqlalchemy import and_, or_, select, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -35,18 +36,20 @@ from imgpipe.ingest.models import (
     CallbackView,
     SubmitBatch,
     SubmitTask,
+    SubmitTaskBody,
     TaskErrorView,
     TaskPage,
     TaskView,
     WebhookSecrets,
 )
-from imgpipe.ingest.problems import Problem, install_problem_handlers
+from imgpipe.ingest.openapi import install_openapi
+from imgpipe.ingest.problems import Problem, ProblemCode, install_problem_handlers, problem_responses
 from imgpipe.ingest.settings import IngestSettings
 from imgpipe.ingest.tenants import ApiKeyAuthenticator, TenantLimits
 from imgpipe.ingest.terminate import request_cancel
 from imgpipe.objects import ObjectStore
 from imgpipe.ratelimit import KeyedLimiter
-from imgpipe.store.models import CallbackAttempt, Task, TaskState
+from imgpipe.store.models import CallbackAttempt, CallbackOutcome, Task, TaskState
 
 REQUESTS = Counter("imgpipe_api_submits_total", "Task submissions by route and outcome", ["route", "outcome"])
 WAIT_SECONDS = Histogram("imgpipe_api_prefer_wait_seconds", "Time GET /v1/tasks/{id} held for Prefer: wait")
@@ -81,6 +84,7 @@ def create_app(deps: ApiDependencies) -> FastAPI:
     )
     app.state.deps = deps
     install_problem_handlers(app)
+    install_openapi(app)
     app.include_router(admin_router())
 
     @app.get("/metrics", include_in_schema=False)
@@ -94,7 +98,7 @@ def create_app(deps: ApiDependencies) -> FastAPI:
             REQUESTS.labels(bucket.rsplit(":", 1)[-1], "rate_limited").inc()
             raise Problem(
                 429,
-                "rate_limited",
+                ProblemCode.RATE_LIMITED,
                 f"rate limit of {rate:g}/s exceeded",
                 {"Retry-After": str(max(1, math.ceil(wait)))},
             )
@@ -106,11 +110,26 @@ def create_app(deps: ApiDependencies) -> FastAPI:
         try:
             return deps.acceptor.accept(tenant_id, new, batch_id)
         except ImageTooLarge as exc:
-            raise Problem(413, "image_too_large", str(exc)) from None
+            raise Problem(413, ProblemCode.IMAGE_TOO_LARGE, str(exc)) from None
 
-    @app.post("/v1/tasks", status_code=202, response_model=TaskView, tags=["tasks"])
+    @app.post(
+        "/v1/tasks",
+        status_code=202,
+        response_model=TaskView,
+        tags=["tasks"],
+        operation_id="submit_task",
+        responses={
+            202: {"description": "Accepted: a new task", "headers": LOCATION},
+            200: {
+                "model": TaskView,
+                "description": "The task this Idempotency-Key made",
+                "headers": LOCATION,
+            },
+            **problem_responses(400, 401, 409, 413, 415, 422, 429, 503),
+        },
+    )
     def submit_task(
-        body: SubmitTask,
+        body: SubmitTaskBody,
         limits: TenantDep,
         response: Response,
         idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
@@ -123,20 +142,29 @@ def create_app(deps: ApiDependencies) -> FastAPI:
         REQUESTS.labels("submit", "accepted" if created else "duplicate").inc()
         return view(task)
 
-    @app.post("/v1/tasks:batch", status_code=202, response_model=BatchView, tags=["tasks"])
+    @app.post(
+        "/v1/tasks:batch",
+        status_code=202,
+        response_model=BatchView,
+        tags=["tasks"],
+        operation_id="submit_batch",
+        responses={
+            200: {"model": BatchView, "description": "The batch this Idempotency-Key made"},
+            **problem_responses(400, 401, 409, 413, 415, 422, 429, 503),
+        },
+    )
     def submit_batch(body: SubmitBatch, limits: TenantDep) -> BatchView:
         """Submit many tasks sharing one callback URL, as the old batch endpoint did."""
         if len(body.tasks) > deps.settings.max_batch_tasks:
-            raise Problem(413, "batch_too_large", f"at most {deps.settings.max_batch_tasks} tasks per batch")
+            raise Problem(
+                413, ProblemCode.BATCH_TOO_LARGE, f"at most {deps.settings.max_batch_tasks} tasks per batch"
+            )
         limit(f"{limits.tenant_id}:batch", limits.batch_rate_per_second, limits.batch_burst)
         batch_id = uuid.uuid4()
         tasks = []
         for item in body.tasks:
             single = SubmitTask(
-                prompt=item.prompt,
-                image_url=item.image_url,
-                image_base64=item.image_base64,
-                metadata=item.metadata,
+                **item.model_dump(exclude_unset=True, exclude={"idempotency_key"}),
                 callback_url=body.callback_url,
                 callback_mode=body.callback_mode,
                 include_inline_result=body.include_inline_result,
@@ -146,7 +174,13 @@ def create_app(deps: ApiDependencies) -> FastAPI:
         REQUESTS.labels("batch", "accepted").inc()
         return BatchView(batch_id=batch_id, tasks=tasks)
 
-    @app.get("/v1/tasks/{task_id}", response_model=TaskView, tags=["tasks"])
+    @app.get(
+        "/v1/tasks/{task_id}",
+        response_model=TaskView,
+        tags=["tasks"],
+        operation_id="get_task",
+        responses=problem_responses(401, 404, 422),
+    )
     async def get_task(
         task_id: uuid.UUID, limits: TenantDep, prefer: Annotated[str | None, Header()] = None
     ) -> TaskView:
@@ -165,17 +199,32 @@ def create_app(deps: ApiDependencies) -> FastAPI:
                 await asyncio.sleep(min(interval, max(0.0, deadline - time.monotonic())))
                 interval = min(interval * 2, 1.0)
 
-    @app.post("/v1/tasks/{task_id}/cancel", status_code=202, response_model=TaskView, tags=["tasks"])
+    @app.post(
+        "/v1/tasks/{task_id}/cancel",
+        status_code=202,
+        response_model=TaskView,
+        tags=["tasks"],
+        operation_id="cancel_task",
+        responses=problem_responses(401, 404, 409, 422),
+    )
     def cancel_task(task_id: uuid.UUID, limits: TenantDep) -> TaskView:
         """Cancel a task; stages honour it at their next boundary. A finished task is a 409."""
         task = request_cancel(deps.sessions, deps.result_topic, limits.tenant_id, task_id)
         if task is None:
-            raise Problem(404, "not_found", f"no task {task_id}")
+            raise Problem(404, ProblemCode.NOT_FOUND, f"no task {task_id}")
         if task.state is not TaskState.CANCELED:
-            raise Problem(409, "already_finished", f"task {task_id} already ended as {task.state.value}")
+            raise Problem(
+                409, ProblemCode.ALREADY_FINISHED, f"task {task_id} already ended as {task.state.value}"
+            )
         return view(task)
 
-    @app.get("/v1/tasks", response_model=TaskPage, tags=["tasks"])
+    @app.get(
+        "/v1/tasks",
+        response_model=TaskPage,
+        tags=["tasks"],
+        operation_id="list_tasks",
+        responses=problem_responses(400, 401, 422),
+    )
     def list_tasks(
         limits: TenantDep,
         state: TaskState | None = None,
@@ -203,12 +252,18 @@ def create_app(deps: ApiDependencies) -> FastAPI:
         next_token = encode_page_token(tasks[page_size - 1]) if len(tasks) > page_size else None
         return TaskPage(tasks=[view(task) for task in tasks[:page_size]], next_page_token=next_token)
 
-    @app.get("/v1/webhook-secret", response_model=WebhookSecrets, tags=["webhooks"])
+    @app.get(
+        "/v1/webhook-secret",
+        response_model=WebhookSecrets,
+        tags=["webhooks"],
+        operation_id="get_webhook_secrets",
+        responses=problem_responses(401, 404, 422),
+    )
     def webhook_secret(limits: TenantDep) -> WebhookSecrets:
         """The secrets this tenant's callbacks are signed with (Standard Webhooks), current first."""
         master_keys = deps.settings.webhook_master_keys()
         if not master_keys:
-            raise Problem(404, "not_found", "webhooks not configured")
+            raise Problem(404, ProblemCode.NOT_FOUND, "webhooks not configured")
         # Imported here: the callback package is not needed by anything else the API serves.
         from imgpipe.callback.signing import WebhookSigner
 
@@ -233,19 +288,25 @@ def create_app(deps: ApiDependencies) -> FastAPI:
     return app
 
 
+# The two ways to present an API key, declared as the document's securitySchemes; either will do.
+BEARER = HTTPBearer(auto_error=False, scheme_name="bearer", description="`Authorization: Bearer <API key>`")
+API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="apiKey")
+LOCATION = {"Location": {"description": "The task's URL", "schema": {"type": "string"}}}
+
+
 def authenticated_tenant(
     request: Request,
-    authorization: Annotated[str | None, Header()] = None,
-    x_api_key: Annotated[str | None, Header()] = None,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
+    x_api_key: Annotated[str | None, Depends(API_KEY)],
 ) -> TenantLimits:
     """The tenant whose API key the request carries (`Authorization: Bearer` or `X-API-Key`)."""
     deps: ApiDependencies = request.app.state.deps
-    api_key = x_api_key
-    if authorization and authorization.lower().startswith("bearer "):
-        api_key = authorization[7:].strip()
+    api_key = bearer.credentials.strip() if bearer is not None else x_api_key
     limits = deps.authenticator.authenticate(api_key) if api_key else None
     if limits is None:
-        raise Problem(401, "unauthenticated", "a valid API key is required", {"WWW-Authenticate": "Bearer"})
+        raise Problem(
+            401, ProblemCode.UNAUTHENTICATED, "a valid API key is required", {"WWW-Authenticate": "Bearer"}
+        )
     return limits
 
 
@@ -256,7 +317,7 @@ def new_task(body: SubmitTask, idempotency_key: str | None) -> NewTask:
     try:
         image_bytes = body.inline_bytes()
     except ValueError as exc:
-        raise Problem(422, "invalid_request", str(exc)) from None
+        raise Problem(422, ProblemCode.INVALID_REQUEST, str(exc)) from None
     return NewTask.from_submission(body, image_bytes, idempotency_key)
 
 
@@ -266,7 +327,7 @@ def load_task(sessions: sessionmaker[Session], tenant_id: str, task_id: uuid.UUI
             select(Task).where(Task.id == task_id, Task.tenant_id == tenant_id)
         ).one_or_none()
     if task is None:
-        raise Problem(404, "not_found", f"no task {task_id}")
+        raise Problem(404, ProblemCode.NOT_FOUND, f"no task {task_id}")
     return task
 
 
@@ -287,7 +348,7 @@ def load_attempts(sessions: sessionmaker[Session], task_id: uuid.UUID) -> list[C
             status_code=row.status_code,
             latency_ms=row.latency_ms,
             error=row.error,
-            outcome=row.outcome,
+            outcome=CallbackOutcome(row.outcome),
             next_attempt_at=row.next_attempt_at,
         )
         for row in reversed(rows)
@@ -305,7 +366,7 @@ def task_view(
         result_url = objects.presigned_get_url(task.result_object_key, url_ttl_seconds)
     return TaskView(
         id=task.id,
-        state=task.state.value,
+        state=task.state,
         stage=task.stage,
         progress=task.progress,
         prompt=task.prompt,
@@ -320,7 +381,7 @@ def task_view(
         callback=CallbackView(
             url=task.callback_url,
             mode=task.callback_mode,  # type: ignore[arg-type]
-            status=task.callback_status.value,
+            status=task.callback_status,
             attempts=attempts,
         ),
         metadata=task.metadata_,
@@ -349,7 +410,7 @@ def decode_page_token(token: str) -> tuple[datetime, uuid.UUID]:
         created_at, task_id = base64.urlsafe_b64decode(token.encode()).decode().split("|")
         return datetime.fromisoformat(created_at), uuid.UUID(task_id)
     except (ValueError, binascii.Error):
-        raise Problem(400, "invalid_page_token", "page_token is not one this API issued") from None
+        raise Problem(400, ProblemCode.INVALID_PAGE_TOKEN, "page_token is not one this API issued") from None
 
 
 def database_reachable(sessions: sessionmaker[Session]) -> bool:

@@ -43,6 +43,7 @@ from imgpipe.ingest.models import (
     ReplayRequest,
     ReplayView,
 )
+from imgpipe.ingest.problems import ProblemCode
 from imgpipe.ingest.results import task_result
 from imgpipe.runtime.kafka import client_config
 from imgpipe.runtime.settings import RuntimeSettings
@@ -78,7 +79,7 @@ class KafkaUnavailable(RuntimeError):
 class ReplayRefused(Exception):
     """The task cannot be replayed: unknown (404), not ended or without a callback URL (409)."""
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(self, status: int, code: ProblemCode, detail: str) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
@@ -265,11 +266,13 @@ class CallbackAdmin:
         if request.task_id is not None:
             task = session.get(Task, request.task_id, with_for_update=True)
             if task is None:
-                raise ReplayRefused(404, "not_found", f"no task {request.task_id}")
+                raise ReplayRefused(404, ProblemCode.NOT_FOUND, f"no task {request.task_id}")
             if task.state not in TERMINAL_STATES:
-                raise ReplayRefused(409, "not_finished", f"task {task.id} has not ended ({task.state.value})")
+                raise ReplayRefused(
+                    409, ProblemCode.NOT_FINISHED, f"task {task.id} has not ended ({task.state.value})"
+                )
             if not task.callback_url:
-                raise ReplayRefused(409, "no_callback", f"task {task.id} has no callback URL")
+                raise ReplayRefused(409, ProblemCode.NO_CALLBACK, f"task {task.id} has no callback URL")
             return [task], False
         assert request.callback_url is not None and request.since is not None  # ReplayRequest checks
         query = select(Task).where(

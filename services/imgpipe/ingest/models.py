@@ -7,9 +7,42 @@ import binascii
 import enum
 import uuid
 from datetime import datetime
-from typing import Annotated, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
-from pydantic import AnyHttpUrl, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+from pydantic import (
+    AnyHttpUrl,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
+
+from imgpipe.store.models import CallbackOutcome, CallbackStatus, TaskState
+from imgpipe.v1 import task_pb2
+
+
+def _proto_names(enum_type: EnumTypeWrapper, prefix: str) -> list[str]:
+    """A proto enum's value names as the API spells them: without prefix, lower case."""
+    return [
+        value.name.removeprefix(prefix).lower()
+        for value in enum_type.DESCRIPTOR.values
+        if not value.name.endswith("_UNSPECIFIED")
+    ]
+
+
+# Declared as enums in the OpenAPI document; stored and passed around as plain strings.
+TaskErrorCode = Annotated[
+    str, WithJsonSchema({"type": "string", "enum": _proto_names(task_pb2.ErrorCode, "ERROR_CODE_")})
+]
+StageName = Annotated[str, WithJsonSchema({"type": "string", "enum": _proto_names(task_pb2.Stage, "STAGE_")})]
+# Standard base64 with padding, exactly what `base64.b64decode(validate=True)` takes.
+BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 
 Metadata = Annotated[dict[str, Annotated[str, Field(max_length=1024)]], Field(max_length=32)]
 Prompt = Annotated[str, Field(min_length=1, max_length=4000)]
@@ -21,10 +54,16 @@ class CallbackMode(enum.StrEnum):
 
 
 class ImageInput(BaseModel):
-    """Exactly one of an image URL (fetched by detect, SSRF-guarded) or inline base64 bytes."""
+    """Exactly one of an image URL (fetched by detect, SSRF-guarded) or inline base64 bytes.
+
+    The HTTP API takes the two as alternative bodies (`*ByUrl`, `*Inline`, a oneOf in its document,
+    so generated clients offer them as such); the submit topic's JSON Schema says the same.
+    """
 
     image_url: AnyHttpUrl | None = None
-    image_base64: str | None = None
+    image_base64: Annotated[str, Field(min_length=4, pattern=BASE64_PATTERN)] | None = Field(
+        default=None, description="The image file, standard base64 with padding."
+    )
 
     @model_validator(mode="after")
     def _exactly_one_image(self) -> Self:
@@ -70,6 +109,40 @@ class SubmitTopicTask(SubmitTask):
     idempotency_key: str | None = Field(default=None, max_length=255)
 
 
+class SubmitTaskByUrl(SubmitTask):
+    """A task whose image detect fetches from a URL."""
+
+    image_url: AnyHttpUrl
+    image_base64: SkipJsonSchema[None] = None
+
+
+class SubmitTaskInline(SubmitTask):
+    """A task whose image is in the request."""
+
+    image_url: SkipJsonSchema[None] = None
+    image_base64: Annotated[str, Field(min_length=4, pattern=BASE64_PATTERN)] = Field(
+        description="The image file, standard base64 with padding."
+    )
+
+
+def _image_kind(value: object) -> str | None:
+    """Which alternative a body is, by the image member it has (both or neither: no alternative)."""
+    fields = value if isinstance(value, dict) else vars(value)
+    has_url, has_inline = fields.get("image_url") is not None, fields.get("image_base64") is not None
+    return None if has_url == has_inline else "url" if has_url else "inline"
+
+
+def _image_alternatives(by_url: type[BaseModel], inline: type[BaseModel]) -> Any:
+    return Annotated[
+        Annotated[by_url, Tag("url")] | Annotated[inline, Tag("inline")],
+        Discriminator(
+            _image_kind,
+            custom_error_type="image_input",
+            custom_error_message="give exactly one of image_url and image_base64",
+        ),
+    ]
+
+
 class BatchItem(ImageInput):
     model_config = ConfigDict(extra="forbid")
 
@@ -78,16 +151,36 @@ class BatchItem(ImageInput):
     idempotency_key: str | None = Field(default=None, max_length=255)
 
 
+class BatchItemByUrl(BatchItem):
+    image_url: AnyHttpUrl
+    image_base64: SkipJsonSchema[None] = None
+
+
+class BatchItemInline(BatchItem):
+    image_url: SkipJsonSchema[None] = None
+    image_base64: Annotated[str, Field(min_length=4, pattern=BASE64_PATTERN)] = Field(
+        description="The image file, standard base64 with padding."
+    )
+
+
+if TYPE_CHECKING:
+    SubmitTaskBody = SubmitTaskByUrl | SubmitTaskInline
+    BatchItemBody = BatchItemByUrl | BatchItemInline
+else:
+    SubmitTaskBody = _image_alternatives(SubmitTaskByUrl, SubmitTaskInline)
+    BatchItemBody = _image_alternatives(BatchItemByUrl, BatchItemInline)
+
+
 class SubmitBatch(CallbackFields):
     """Many tasks sharing one callback URL (the old BatchSubmitTaskView)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    tasks: list[BatchItem] = Field(min_length=1)
+    tasks: list[BatchItemBody] = Field(min_length=1)
 
 
 class TaskErrorView(BaseModel):
-    code: str
+    code: TaskErrorCode
     message: str
 
 
@@ -98,14 +191,14 @@ class CallbackAttemptView(BaseModel):
     status_code: int | None = Field(description="The receiver's HTTP status; null when no answer came.")
     latency_ms: int | None = Field(description="Null when nothing was sent (disabled, rate limited).")
     error: str | None
-    outcome: str = Field(description="delivered | retrying | failed | disabled | rate_limited")
+    outcome: CallbackOutcome
     next_attempt_at: datetime | None = Field(default=None, description="When retrying or rate limited.")
 
 
 class CallbackView(BaseModel):
     url: str | None
     mode: CallbackMode | None
-    status: str = Field(description="not_required | pending | delivered | failed")
+    status: CallbackStatus
     attempts: list[CallbackAttemptView] | None = Field(
         default=None,
         description="Delivery attempts, oldest first, at most the last 50. Only GET /v1/tasks/{id} "
@@ -115,8 +208,8 @@ class CallbackView(BaseModel):
 
 class TaskView(BaseModel):
     id: uuid.UUID
-    state: str = Field(description="queued | processing | succeeded | failed | canceled")
-    stage: str | None
+    state: TaskState
+    stage: StageName | None = Field(description="While processing: the stage working on it.")
     progress: float
     prompt: str
     error: TaskErrorView | None

@@ -1,15 +1,40 @@
-"""RFC 7807 problem+json errors for the HTTP API."""
+"""RFC 7807 problem+json errors for the HTTP API, and their declaration in the OpenAPI document."""
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+
+class ProblemCode(enum.StrEnum):
+    """Every `code` a problem body can carry: clients switch on these, never on `detail`."""
+
+    INVALID_REQUEST = "invalid_request"
+    INVALID_PAGE_TOKEN = "invalid_page_token"
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    ALREADY_FINISHED = "already_finished"
+    NOT_FINISHED = "not_finished"
+    NO_CALLBACK = "no_callback"
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    REQUEST_TOO_LARGE = "request_too_large"
+    IMAGE_TOO_LARGE = "image_too_large"
+    BATCH_TOO_LARGE = "batch_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    RATE_LIMITED = "rate_limited"
+    KAFKA_UNAVAILABLE = "kafka_unavailable"
+    HTTP_ERROR = "http_error"  # any other error the HTTP layer raises before a route runs
 
 
 class Problem(Exception):
@@ -18,7 +43,7 @@ class Problem(Exception):
     def __init__(
         self,
         status: int,
-        code: str,
+        code: ProblemCode,
         detail: str,
         headers: dict[str, str] | None = None,
         **extensions: Any,
@@ -31,24 +56,90 @@ class Problem(Exception):
         self.extensions = extensions
 
 
+class FieldError(BaseModel):
+    location: str = Field(description="Where in the request, e.g. `body.prompt` or `header.prefer`.")
+    message: str
+
+
+class ProblemDetails(BaseModel):
+    """An RFC 7807 problem. Extensions beyond these members may appear (e.g. `task_id`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="https://imgpipe.dev/problems/{code}")
+    title: str
+    status: int
+    detail: str
+    instance: str = Field(description="The request path.")
+    code: ProblemCode
+    errors: list[FieldError] | None = Field(default=None, description="With invalid_request: each error.")
+
+
+STATUS_DESCRIPTIONS = {
+    400: "Malformed request (body, page token)",
+    401: "No valid credentials",
+    403: "Credentials without access to this",
+    404: "No such resource (or the feature is not enabled)",
+    409: "Conflicts with the resource's state",
+    413: "Request, image or batch too large",
+    415: "Unsupported Content-Type",
+    422: "The request does not match the schema",
+    429: "Rate limited; retry after `Retry-After` seconds",
+    503: "A dependency is unavailable; retry after `Retry-After` seconds",
+}
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route: each status with the problem+json body (and Retry-After for 429)."""
+    return {
+        status: {
+            "model": ProblemDetails,
+            "description": STATUS_DESCRIPTIONS[status],
+            **({"headers": _RETRY_AFTER} if status == 429 else {}),
+        }
+        for status in statuses
+    }
+
+
+def problem_media_types(openapi: dict[str, Any]) -> dict[str, Any]:
+    """FastAPI files every response model under application/json; errors are problem+json."""
+    for path in openapi.get("paths", {}).values():
+        for operation in path.values():
+            for status, response in operation.get("responses", {}).items():
+                content = response.get("content", {})
+                if status[:1] in "45" and "application/json" in content:
+                    content[PROBLEM_CONTENT_TYPE] = content.pop("application/json")
+    return openapi
+
+
 def problem_response(
     status: int,
-    code: str,
+    code: ProblemCode,
     detail: str,
     instance: str,
     headers: dict[str, str] | None = None,
     **extensions: Any,
 ) -> JSONResponse:
     body = {
-        "type": f"https://imgpipe.dev/problems/{code}",
-        "title": code.replace("_", " "),
+        "type": f"https://imgpipe.dev/problems/{code.value}",
+        "title": code.value.replace("_", " "),
         "status": status,
         "detail": detail,
         "instance": instance,
-        "code": code,
+        "code": code.value,
         **extensions,
     }
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_CONTENT_TYPE)
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route of this path takes (Starlette names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= route.methods
+    return ", ".join(sorted(methods))
 
 
 def install_problem_handlers(app: FastAPI) -> None:
@@ -65,13 +156,24 @@ def install_problem_handlers(app: FastAPI) -> None:
             for error in exc.errors()
         ]
         return problem_response(
-            422, "invalid_request", "the request does not match the schema", request.url.path, errors=errors
+            422,
+            ProblemCode.INVALID_REQUEST,
+            "the request does not match the schema",
+            request.url.path,
+            errors=errors,
         )
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        code = "not_found" if exc.status_code == 404 else f"http_{exc.status_code}"
-        return problem_response(exc.status_code, code, str(exc.detail), request.url.path)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 404:
+            code = ProblemCode.NOT_FOUND
+        elif exc.status_code == 405:
+            code = ProblemCode.METHOD_NOT_ALLOWED
+            headers["Allow"] = allowed_methods(request)
+        else:
+            code = ProblemCode.HTTP_ERROR
+        return problem_response(exc.status_code, code, str(exc.detail), request.url.path, headers)
 
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)
