@@ -5,10 +5,11 @@ accelerator's time is not this machine's CPU); beyond `slots` calls at once, cal
 order. So one model serves at most slots / service_time calls per second, whoever calls it: the
 bound of the remote-model benchmark (docs/benchmarks.md).
 
-The answers are valid protocol responses made without model work: detect finds one pet in the
-middle of the image (sized from the header, no decode), generate hands the image back, matte makes
-it opaque RGBA. The matte's PNG is cached by input: the benchmark sends the same image again and
-again, and the server's own encode would otherwise take CPU the systems under test compete for.
+The answers are valid protocol responses made without model work, those of the `null` backends
+(backends/null.py): detect finds one pet in the middle of the image (sized from the header, no
+decode), generate hands the image back, matte makes it opaque RGBA. The matte's PNG is cached by
+input: the benchmark sends the same image again and again, and the server's own encode would
+otherwise take CPU the systems under test compete for.
 """
 
 from __future__ import annotations
@@ -21,16 +22,13 @@ from typing import Final
 
 from PIL import Image
 
-from imgpipe.imaging.detect import Box, Detection
+from imgpipe.backends.null import null_detection
+from imgpipe.imaging.detect import Detection
 from imgpipe.imaging.errors import InvalidImage
 from imgpipe.imaging.validate import encode_png, load_image
 from imgpipe.modelserver.server import DEFAULT_SERVICE_TIME, DEFAULT_SLOTS
 
 _CACHED_ANSWERS: Final = 32
-SIMULATED_LABEL: Final = "cat_face"
-# Above the stages' default pet policy (score 10, support 2), so detect passes every task on.
-SIMULATED_SCORE: Final = 50.0
-SIMULATED_SUPPORT: Final = 5
 
 
 @dataclass
@@ -71,9 +69,7 @@ class Simulation:
 
     def detect(self, data: bytes) -> list[Detection]:
         """One pet covering the middle of the image; only the header is read."""
-        width, height = _size(data)
-        box = Box(width // 4, height // 4, max(1, width // 2), max(1, height // 2))
-        return [Detection(box, SIMULATED_SCORE, SIMULATED_LABEL, SIMULATED_SUPPORT)]
+        return [null_detection(_size(data))]
 
     def generate(self, data: bytes) -> bytes:
         """The image as sent: a stylizer that keeps everything."""
