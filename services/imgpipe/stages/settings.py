@@ -10,7 +10,7 @@ from pydantic import Field, SecretStr
 from imgpipe.backends.resilience import HttpBackendConfig
 from imgpipe.runtime.settings import RuntimeSettings
 
-Backend = Literal["local", "http"]
+Backend = Literal["local", "http", "null"]
 
 
 class StageSettings(RuntimeSettings):
@@ -38,7 +38,8 @@ class StageSettings(RuntimeSettings):
     # The final resize (matte): the shorter side of the result, as the old system did.
     result_shorter_side: int = Field(default=350, ge=16, le=4096)
 
-    # Model backends: "local" runs the CPU algorithms in process; "http" calls a model server.
+    # Model backends: "local" runs the CPU algorithms in process; "http" calls a model server; "null"
+    # does no model work (backends/null.py: the benchmark's measure of the platform's own cost).
     detect_backend: Backend = "local"
     detect_url: str = "http://127.0.0.1:8090"
     detect_model: str = "pet-detector"
