@@ -3,7 +3,7 @@
 It forwards every message of WORKER_IN_TOPIC to WORKER_OUT_TOPIC. A value starting with b"poison"
 is a poison message. A value starting with b"block" makes the handler announce itself (a file
 `started-<value>` in WORKER_MARKER_DIR) and then wait for the file `release` there, so a test can
-act while the handler is provably mid-work.
+act while the handler is provably mid-work. WORKER_MAX_IN_FLIGHT (default 1) handler calls run at once.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def main() -> int:
         topics=[os.environ["WORKER_IN_TOPIC"]],
         handler=handle,
         routing=routing,
+        max_in_flight=int(os.environ.get("WORKER_MAX_IN_FLIGHT", "1")),
     )
 
 

@@ -317,6 +317,14 @@ async def test_connection_refused_is_retry(sender: WebhookSender) -> None:
 
 
 @pytest.mark.anyio
+async def test_a_host_that_does_not_exist_is_permanent(sender: WebhookSender) -> None:
+    # .invalid never resolves (RFC 2606): the next try cannot do better, so no retries (docs/egress.md).
+    sent = await sender.send("https://no-such-receiver.invalid/hook", BODY, HEADERS, 5.0)
+    assert_result(sent, callback_pb2.DELIVERY_VERDICT_REFUSED, 0)
+    assert "cannot resolve no-such-receiver.invalid" in sent.error
+
+
+@pytest.mark.anyio
 async def test_invalid_timeout(sender: WebhookSender) -> None:
     with pytest.raises(ValueError):
         await sender.send("http://127.0.0.1:9/", BODY, HEADERS, 0.0)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from imgpipe.localstack.waiting import wait_until
 from imgpipe.runtime.consumer import ConsumeLoop, FailureRouting, RetryTier
@@ -24,6 +25,7 @@ from imgpipe.runtime.kafka import (
     ORIGIN_PARTITION_HEADER,
     ORIGIN_TOPIC_HEADER,
     Forward,
+    Received,
     Record,
     build_producer,
 )
@@ -67,9 +69,16 @@ def run_loop(stack: Any, topics: Topics) -> Iterator[Callable[..., ConsumeLoop]]
     """Start a ConsumeLoop in a thread; stopped and joined at the end of the test."""
     started: list[tuple[ConsumeLoop, threading.Thread]] = []
 
-    def start(handler: Callable[[Record], list[Forward]], retry_delay_seconds: float = 1.0) -> ConsumeLoop:
+    def start(
+        handler: Callable[[Record], list[Forward]],
+        retry_delay_seconds: float = 1.0,
+        max_in_flight: int = 1,
+        client_config: dict[str, str] | None = None,
+    ) -> ConsumeLoop:
         settings = RuntimeSettings(
-            kafka_bootstrap_servers=stack.kafka_bootstrap_servers, consumer_poll_seconds=0.1
+            kafka_bootstrap_servers=stack.kafka_bootstrap_servers,
+            consumer_poll_seconds=0.1,
+            kafka_client_config=client_config or {},
         )
         loop = ConsumeLoop(
             settings=settings,
@@ -78,6 +87,7 @@ def run_loop(stack: Any, topics: Topics) -> Iterator[Callable[..., ConsumeLoop]]
             handler=handler,
             producer=build_producer(settings, "test"),
             routing=topics.routing(retry_delay_seconds),
+            max_in_flight=max_in_flight,
         )
         thread = threading.Thread(target=loop.run, daemon=True)
         thread.start()
@@ -178,7 +188,9 @@ def test_forwards_continue_the_incoming_trace(
 # -- a real worker process: SIGTERM and kill -9 ----------------------------------------------
 
 
-def _start_worker(stack: Any, topics: Topics, markers: Path) -> subprocess.Popen[bytes]:
+def _start_worker(
+    stack: Any, topics: Topics, markers: Path, max_in_flight: int = 1
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "IMGPIPE_KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap_servers,
@@ -193,6 +205,7 @@ def _start_worker(stack: Any, topics: Topics, markers: Path) -> subprocess.Popen
         "WORKER_DEAD_LETTER_TOPIC": topics.dead_letter,
         "WORKER_GROUP": topics.group,
         "WORKER_MARKER_DIR": str(markers),
+        "WORKER_MAX_IN_FLIGHT": str(max_in_flight),
     }
     return subprocess.Popen([sys.executable, str(WORKER)], env=env)
 
@@ -254,3 +267,123 @@ def test_kill_9_during_handling_loses_nothing(stack: Any, topics: Topics, tmp_pa
         assert second.wait(timeout=60) == 0
     # At least once: every message arrived; replays of the killed batch are allowed.
     assert sorted(set(values(everything))) == sorted(value for _, value in sent)
+
+
+# -- many messages in flight -----------------------------------------------------------------
+
+
+def _sorted_values(messages: list[Received]) -> list[bytes]:
+    return sorted(value or b"" for value in values(messages))
+
+
+def _committed(stack: Any, topics: Topics, partition: int = 0) -> TopicPartition:
+    """The group's committed offset (and its metadata) for one source partition, asked as an outsider."""
+    reader = Consumer({"bootstrap.servers": stack.kafka_bootstrap_servers, "group.id": topics.group})
+    try:
+        (committed,) = reader.committed([TopicPartition(topics.source, partition)], timeout=10)
+        return committed
+    finally:
+        reader.close()
+
+
+def test_every_slot_taken_pauses_the_partitions_past_the_poll_interval_then_resumes_them(
+    stack: Any, topics: Topics, run_loop: Callable[..., ConsumeLoop]
+) -> None:
+    release = threading.Event()
+    handled: list[bytes | None] = []
+
+    def handler(record: Record) -> list[Forward]:
+        handled.append(record.value)
+        if (record.value or b"").startswith(b"block"):
+            release.wait(timeout=60)
+        return [Forward(topics.out, record.value, key=record.key)]
+
+    sent = [b"block-a", b"block-b", b"m-1", b"m-2", b"m-3"]
+    produce(stack.kafka_bootstrap_servers, topics.source, [(b"k", v) for v in sent], partition=0)
+    # A member that stops polling is thrown out after max.poll.interval.ms; the calls outlast it.
+    poll_interval_ms = 7000
+    loop = run_loop(
+        handler,
+        max_in_flight=2,
+        client_config={
+            "session.timeout.ms": "6000",
+            "heartbeat.interval.ms": "1000",
+            "max.poll.interval.ms": str(poll_interval_ms),
+        },
+    )
+
+    wait_until(
+        lambda: (topics.source, 0) in loop.paused_for_backpressure(), timeout=60, what="backpressure pause"
+    )
+    assert handled == [b"block-a", b"block-b"]  # nothing taken past the two slots
+    release.wait(timeout=poll_interval_ms / 1000 + 1)  # the long calls outlast the poll interval
+    assert (topics.source, 0) in loop.paused_for_backpressure()
+    release.set()
+
+    wait_until(lambda: not loop.paused_for_backpressure(), timeout=30, what="partitions resumed")
+    forwarded = read_topic(stack.kafka_bootstrap_servers, topics.out, lambda seen: len(seen) >= len(sent))
+    assert _sorted_values(forwarded) == sorted(sent)
+    assert sorted(v for v in handled if v) == sorted(sent)  # each once: the member was never replaced
+
+
+def test_eight_in_flight_the_third_finishing_last_holds_the_commit_and_kill_9_reruns_only_it(
+    stack: Any, topics: Topics, tmp_path: Path
+) -> None:
+    sent = [(b"k", v) for v in (b"m-0", b"m-1", b"block-2", b"m-3", b"m-4", b"m-5", b"m-6", b"m-7")]
+    produce(stack.kafka_bootstrap_servers, topics.source, sent, partition=0)
+    first = _start_worker(stack, topics, tmp_path, max_in_flight=8)
+    try:
+        forwarded = read_topic(stack.kafka_bootstrap_servers, topics.out, lambda seen: len(seen) >= 7)
+        assert _sorted_values(forwarded) == sorted(v for _, v in sent if v != b"block-2")
+        # Stored only up to the unfinished third message; the five finished after it named beside it.
+        committed = wait_until(
+            lambda: [c for c in [_committed(stack, topics)] if c.offset == 2 and c.metadata],
+            timeout=30,
+            what="offset 2 committed",
+        )
+        assert committed[0].metadata == "imgpipe-done:3-7"
+        assert (tmp_path / "started-block-2").exists()
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+
+    (tmp_path / "release").touch()
+    second = _start_worker(stack, topics, tmp_path, max_in_flight=8)
+    try:
+        wait_until(lambda: _committed(stack, topics).offset == 8, timeout=60, what="offset 8 committed")
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=60) == 0
+    everything = read_topic(stack.kafka_bootstrap_servers, topics.out, lambda seen: len(seen) >= 8)
+    # The restart ran exactly the unfinished message: each value forwarded once, block-2 last.
+    assert _sorted_values(everything) == sorted(v for _, v in sent)
+    assert values(everything)[-1] == b"block-2"
+
+
+def test_sigterm_with_every_slot_taken_drains_them_all_and_loses_nothing(
+    stack: Any, topics: Topics, tmp_path: Path
+) -> None:
+    blockers = [f"block-{i}".encode() for i in range(4)]
+    sent = [(b"k", v) for v in blockers + [f"m-{i}".encode() for i in range(4, 8)]]
+    produce(stack.kafka_bootstrap_servers, topics.source, sent, partition=0)
+    first = _start_worker(stack, topics, tmp_path, max_in_flight=4)
+    wait_until(
+        lambda: all((tmp_path / f"started-{b.decode()}").exists() for b in blockers),
+        timeout=60,
+        what="all four slots taken",
+    )
+
+    first.send_signal(signal.SIGTERM)
+    (tmp_path / "release").touch()
+    assert first.wait(timeout=60) == 0
+    # The four in flight were finished and committed; the four never started were left for later.
+    assert _committed(stack, topics).offset == 4
+
+    second = _start_worker(stack, topics, tmp_path, max_in_flight=4)
+    try:
+        wait_until(lambda: _committed(stack, topics).offset == 8, timeout=60, what="offset 8 committed")
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=60) == 0
+    everything = read_topic(stack.kafka_bootstrap_servers, topics.out, lambda seen: len(seen) >= 8)
+    assert _sorted_values(everything) == sorted(v for _, v in sent)  # each exactly once

@@ -58,16 +58,20 @@ def _free_port() -> int:
 class ModelServer:
     """`python -m imgpipe.modelserver` in a subprocess, on a fixed port so it can be restarted there."""
 
-    def __init__(self, port: int, log_path: Path) -> None:
+    def __init__(self, port: int, log_path: Path, *extra: str) -> None:
         self.port = port
         self.log_path = log_path
+        self.extra = extra
         self.url = f"http://127.0.0.1:{port}"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "imgpipe.modelserver", "--port", str(self.port), "--api-key", API_KEY],
+                [
+                    *(sys.executable, "-m", "imgpipe.modelserver", "--port", str(self.port)),
+                    *("--api-key", API_KEY, *self.extra),
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -134,6 +138,23 @@ def _alpha_mask(image: Image.Image) -> np.ndarray[Any, np.dtype[np.bool_]]:
 
 
 # --- contract against the real model server --------------------------------------------------------------
+
+
+def test_the_backends_accept_the_simulated_accelerators_answers(tmp_path: Path, chelsea: Image.Image) -> None:
+    simulated = ModelServer(_free_port(), tmp_path / "server.log", "--simulate", "--service-time", "0.01")
+    simulated.start()
+    try:
+        pet = select_pet(OipPetDetector(_config(simulated.url, DETECT_MODEL)).detect(chelsea))
+        assert pet is not None and pet.support >= 2
+        styled = OpenAIImagesStylizer(_config(simulated.url, "stylizer", api_key=API_KEY)).stylize(
+            chelsea, "noir"
+        )
+        assert np.array_equal(np.asarray(styled), np.asarray(chelsea))  # handed back unchanged
+        cut_out = RembgMatter(_config(simulated.url, "u2net")).matte(styled, hint=pet.box)
+        assert (cut_out.mode, cut_out.size) == ("RGBA", chelsea.size)
+        assert _alpha_mask(cut_out).all()
+    finally:
+        simulated.kill()
 
 
 def test_detector_matches_the_local_cpu_backend(server: ModelServer, chelsea: Image.Image) -> None:

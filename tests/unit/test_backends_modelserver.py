@@ -5,9 +5,10 @@ Its contract with the HTTP backends, over a real socket, is tests/integration/te
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from imgpipe.backends.rembg_matte import hint_extras
 from imgpipe.imaging.detect import Box, Detection
 from imgpipe.imaging.errors import ModelError
 from imgpipe.modelserver.app import create_app
+from imgpipe.modelserver.simulated import Simulation
 
 pytestmark = pytest.mark.unit
 
@@ -240,3 +242,63 @@ def test_remove_refuses_undecodable_files(client: TestClient) -> None:
     assert response.status_code == 400
     assert "invalid_image" in response.json()["detail"]
     assert client.post("/api/remove", data={"model": "u2net"}).status_code == 422
+
+
+# --- the simulated accelerator ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def simulated() -> Iterator[TestClient]:
+    with TestClient(create_app(detect_model="pets", simulation=Simulation(service_time=0))) as test_client:
+        yield test_client
+
+
+def test_simulation_answers_every_protocol_with_a_valid_image(simulated: TestClient, png: bytes) -> None:
+    infer = simulated.post("/v2/models/pets/infer", json=_infer_body(base64.b64encode(png).decode()))
+    assert infer.status_code == 200
+    outputs = {o["name"]: o for o in infer.json()["outputs"]}
+    assert outputs["boxes"]["shape"] == [1, 4]
+    assert outputs["boxes"]["data"] == [16, 12, 32, 24]  # the middle of the 64x48 image
+    assert outputs["support"]["data"][0] >= 2 and outputs["scores"]["data"][0] >= 10  # a pet by policy
+    edits = simulated.post("/v1/images/edits", data={"prompt": "noir"}, files={"image": ("a.png", png)})
+    assert edits.status_code == 200
+    assert base64.b64decode(edits.json()["data"][0]["b64_json"]) == png
+    for om, mode in (("false", "RGBA"), ("true", "L")):
+        remove = simulated.post("/api/remove", data={"om": om}, files={"file": ("a.png", png)})
+        assert remove.status_code == 200
+        image = Image.open(io.BytesIO(remove.content))
+        assert (image.mode, image.size) == (mode, IMAGE_SIZE)
+
+
+def test_simulation_refuses_what_is_no_image(simulated: TestClient) -> None:
+    garbage = base64.b64encode(b"not an image").decode()
+    assert simulated.post("/v2/models/pets/infer", json=_infer_body(garbage)).status_code == 400
+    edits = simulated.post("/v1/images/edits", data={"prompt": "x"}, files={"image": ("a.png", b"no")})
+    assert edits.status_code == 400
+    assert simulated.post("/api/remove", files={"file": ("a.png", b"no")}).status_code == 400
+    assert simulated.post("/v2/models/other/infer", json=_infer_body(garbage)).status_code == 404
+
+
+def test_simulation_serves_at_most_its_slots_per_model_and_queues_the_rest() -> None:
+    async def scenario() -> None:
+        simulation = Simulation(service_time=3600, slots=4)
+        calls = [asyncio.create_task(simulation.serve("detect")) for _ in range(6)]
+        other = asyncio.create_task(simulation.serve("matte"))
+
+        settled = _until(lambda: simulation.load("detect") == (4, 2) and simulation.load("matte") == (1, 0))
+        await asyncio.wait_for(settled, timeout=10)
+        calls[0].cancel()  # one call leaves: the first queued one takes its slot
+        await asyncio.wait_for(_until(lambda: simulation.load("detect") == (4, 1)), timeout=10)
+        for call in [*calls, other]:
+            call.cancel()
+        await asyncio.gather(*calls, other, return_exceptions=True)
+        assert simulation.load("detect") == (0, 0)
+
+    asyncio.run(scenario())
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Turns of the event loop until `condition` holds (the caller's wait_for bounds it): the
+    simulation's state changes only when its tasks run."""
+    while not condition():  # noqa: ASYNC110
+        await asyncio.sleep(0)

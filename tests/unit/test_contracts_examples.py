@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from imgpipe.contracts.payloads import (
     PROTOBUF_CONTENT_TYPE,
@@ -19,6 +20,7 @@ from imgpipe.contracts.payloads import (
     schema_problems,
 )
 from imgpipe.contracts.registry import TopicKey, TopicSpec, ValueFormat, default_registry, schemas_dir
+from imgpipe.ingest.models import SubmitTopicTask
 from imgpipe.v1 import submit_pb2, task_pb2
 
 pytestmark = pytest.mark.unit
@@ -77,18 +79,26 @@ def test_callback_schema_ties_state_to_type_and_fields() -> None:
 SUBMIT = default_registry().topic(TopicKey.SUBMIT)
 
 
+T = {"tenant_id": "acme"}
+URL = {"image_url": "https://a.example/i.png", **T}
+
+
 @pytest.mark.parametrize(
     ("document", "problem"),
     [
-        ({"prompt": "x"}, "is not valid under any of the given schemas"),
+        ({"prompt": "x", **T}, "is not valid under any of the given schemas"),
         (
-            {"prompt": "x", "image_url": "https://a.example/i.png", "image_base64": "AAAA"},
+            {"prompt": "x", "image_url": "https://a.example/i.png", "image_base64": "AAAA", **T},
             "is valid under each of",
         ),
-        ({"prompt": "x", "image_url": "file:///etc/passwd"}, "does not match"),
-        ({"prompt": "", "image_url": "https://a.example/i.png"}, "should be non-empty"),
-        ({"prompt": "x", "image_url": "https://a.example/i.png", "callback_mode": "later"}, "is not one of"),
-        ({"prompt": "x", "image_url": "https://a.example/i.png", "priority": 1}, "'priority' was unexpected"),
+        ({"prompt": "x", "image_url": "file:///etc/passwd", **T}, "does not match"),
+        ({"prompt": "", **URL}, "should be non-empty"),
+        ({"prompt": "x", "callback_mode": "later", **URL}, "is not one of"),
+        ({"prompt": "x", "priority": 1, **URL}, "'priority' was unexpected"),
+        ({"prompt": "x", "image_url": "https://a.example/i.png"}, "'tenant_id' is a required property"),
+        ({"prompt": "x", **URL, "tenant_id": "t" * 65}, "is too long"),
+        ({"prompt": "nul \u0000 here", **URL}, "should not be valid under"),
+        ({"prompt": "x", "metadata": {"k": "nul \u0000"}, **URL}, "should not be valid under"),
     ],
 )
 def test_invalid_submits_are_refused_in_either_form(document: dict[str, object], problem: str) -> None:
@@ -96,16 +106,38 @@ def test_invalid_submits_are_refused_in_either_form(document: dict[str, object],
         decode_value(SUBMIT, json.dumps(document).encode())
 
 
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"prompt": "x", "image_url": "https://a.example/i.png"},
+        {"prompt": "x", **URL, "tenant_id": "t" * 65},
+        {"prompt": "x", **URL, "tenant_id": ""},
+        {"prompt": "nul \u0000 here", **URL},
+    ],
+)
+def test_the_consumer_model_refuses_what_the_schema_refuses(document: dict[str, object]) -> None:
+    assert schema_problems(SUBMIT.json_schema_path or Path(), document)
+    with pytest.raises(ValidationError):
+        SubmitTopicTask.model_validate(document)
+
+
 def test_the_protobuf_submit_form_is_held_to_the_json_schema() -> None:
-    no_image = submit_pb2.SubmitTaskRequest(prompt="x").SerializeToString()
+    no_image = submit_pb2.SubmitTaskRequest(prompt="x", tenant_id="acme").SerializeToString()
 
     with pytest.raises(PayloadError, match="is not valid under any of the given schemas"):
         decode_value(SUBMIT, no_image, PROTOBUF_CONTENT_TYPE)
 
 
 def test_submit_forms_decode_to_the_same_message() -> None:
-    document = {"prompt": "x", "image_base64": "iVBORw0=", "callback_mode": "batched", "metadata": {"k": "v"}}
+    document = {
+        "prompt": "x",
+        "image_base64": "iVBORw0=",
+        "callback_mode": "batched",
+        "metadata": {"k": "v"},
+        **T,
+    }
     expected = submit_pb2.SubmitTaskRequest(
+        tenant_id="acme",
         prompt="x",
         image_base64=b"\x89PNG\r",
         callback_mode=task_pb2.CALLBACK_MODE_BATCHED,

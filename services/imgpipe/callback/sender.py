@@ -73,6 +73,8 @@ class WebhookSender:
             retry_after = None
             if status in RETRY_AFTER_STATUSES:
                 retry_after = parse_retry_after(_header(exc.headers, "retry-after"))
+            if not status and not exc.retryable:  # a name that does not exist, a certificate that fails
+                return _result(callback_pb2.DELIVERY_VERDICT_REFUSED, 0, started, exc.message)
             error = f"HTTP {status}" if status else exc.message
             return _result(callback_pb2.DELIVERY_VERDICT_RETRY, status, started, error, retry_after)
         except Exception as exc:  # ResponseTooLarge, or anything unforeseen: the next try may do better

@@ -62,7 +62,8 @@ class KeyKind(StrEnum):
     CALLBACK_URL = "callback_url"
     POLICY_KEY = "policy_key"
     ORIGINAL = "original"  # the key of the message copied here (retry tiers, dead letters)
-    NONE = "none"  # producers may set any key; consumers do not read it
+    # Whatever the producer partitions by (a customer id, say); never read, so never an idempotency key.
+    PRODUCER_DEFINED = "producer_defined"
 
 
 class ValueFormat(StrEnum):

@@ -27,13 +27,21 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from sqlalchemy import and_, or_, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from imgpipe.ingest.accept import ImageTooLarge, NewTask, TaskAcceptor
+from imgpipe.ingest.accept import (
+    IdempotencyConflict,
+    ImageTooLarge,
+    NewTask,
+    TaskAcceptor,
+    batch_item_id,
+)
 from imgpipe.ingest.admin_api import admin_router
+from imgpipe.ingest.bodies import BoundedJsonBodies
 from imgpipe.ingest.callback_admin import CallbackAdmin
 from imgpipe.ingest.models import (
     BatchView,
     CallbackAttemptView,
     CallbackView,
+    IdempotencyKey,
     SubmitBatch,
     SubmitTask,
     SubmitTaskBody,
@@ -85,6 +93,9 @@ def create_app(deps: ApiDependencies) -> FastAPI:
     app.state.deps = deps
     install_problem_handlers(app)
     install_openapi(app)
+    # openapi.document() renders the routes alone, without dependencies: no body cap to install then.
+    if getattr(deps, "settings", None) is not None:
+        app.add_middleware(BoundedJsonBodies, max_bytes=deps.settings.max_request_bytes)
     app.include_router(admin_router())
 
     @app.get("/metrics", include_in_schema=False)
@@ -106,11 +117,15 @@ def create_app(deps: ApiDependencies) -> FastAPI:
     def view(task: Task, attempts: list[CallbackAttemptView] | None = None) -> TaskView:
         return task_view(task, deps.objects, deps.settings.result_url_ttl_seconds, attempts)
 
-    def accept_one(tenant_id: str, new: NewTask, batch_id: uuid.UUID | None = None) -> tuple[Task, bool]:
+    def accept_one(
+        tenant_id: str, new: NewTask, batch_id: uuid.UUID | None = None, task_id: uuid.UUID | None = None
+    ) -> tuple[Task, bool]:
         try:
-            return deps.acceptor.accept(tenant_id, new, batch_id)
+            return deps.acceptor.accept(tenant_id, new, batch_id, task_id)
         except ImageTooLarge as exc:
             raise Problem(413, ProblemCode.IMAGE_TOO_LARGE, str(exc)) from None
+        except IdempotencyConflict as exc:
+            raise conflict(exc) from None
 
     @app.post(
         "/v1/tasks",
@@ -132,9 +147,10 @@ def create_app(deps: ApiDependencies) -> FastAPI:
         body: SubmitTaskBody,
         limits: TenantDep,
         response: Response,
-        idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+        idempotency_key: Annotated[IdempotencyKey | None, Header()] = None,
     ) -> TaskView:
-        """Submit one task. A repeated Idempotency-Key returns the task it first created (200)."""
+        """Submit one task. A repeated Idempotency-Key returns the task it first created (200) when the
+        request is the same, and is a 409 `idempotency_conflict` naming that task when it is not."""
         limit(f"{limits.tenant_id}:submit", limits.rate_per_second, limits.burst)
         task, created = accept_one(limits.tenant_id, new_task(body, idempotency_key))
         response.status_code = 202 if created else 200
@@ -153,25 +169,43 @@ def create_app(deps: ApiDependencies) -> FastAPI:
             **problem_responses(400, 401, 409, 413, 415, 422, 429, 503),
         },
     )
-    def submit_batch(body: SubmitBatch, limits: TenantDep) -> BatchView:
-        """Submit many tasks sharing one callback URL, as the old batch endpoint did."""
+    def submit_batch(
+        body: SubmitBatch,
+        limits: TenantDep,
+        response: Response,
+        idempotency_key: Annotated[IdempotencyKey | None, Header()] = None,
+    ) -> BatchView:
+        """Submit many tasks sharing one callback URL, as the old batch endpoint did. With an
+        Idempotency-Key the whole batch is idempotent: a replay answers 200 with the same tasks."""
         if len(body.tasks) > deps.settings.max_batch_tasks:
             raise Problem(
                 413, ProblemCode.BATCH_TOO_LARGE, f"at most {deps.settings.max_batch_tasks} tasks per batch"
             )
         limit(f"{limits.tenant_id}:batch", limits.batch_rate_per_second, limits.batch_burst)
-        batch_id = uuid.uuid4()
+        items = [batch_task(body, index) for index in range(len(body.tasks))]
+        reject_duplicate_keys(items)
+        for index, new in enumerate(items):  # refused before any task is written
+            try:
+                deps.acceptor.check_size(new)
+            except ImageTooLarge as exc:
+                raise Problem(413, ProblemCode.IMAGE_TOO_LARGE, f"tasks[{index}]: {exc}") from None
+        created = True
+        if idempotency_key is None:
+            batch_id = uuid.uuid4()
+        else:
+            try:
+                batch_id, created = deps.acceptor.open_batch(limits.tenant_id, idempotency_key, items)
+            except IdempotencyConflict as exc:
+                raise conflict(exc) from None
         tasks = []
-        for item in body.tasks:
-            single = SubmitTask(
-                **item.model_dump(exclude_unset=True, exclude={"idempotency_key"}),
-                callback_url=body.callback_url,
-                callback_mode=body.callback_mode,
-                include_inline_result=body.include_inline_result,
+        for index, new in enumerate(items):
+            keyless_id = (
+                batch_item_id(batch_id, index) if idempotency_key and not new.idempotency_key else None
             )
-            task, _ = accept_one(limits.tenant_id, new_task(single, item.idempotency_key), batch_id)
+            task, _ = accept_one(limits.tenant_id, new, batch_id, keyless_id)
             tasks.append(view(task))
-        REQUESTS.labels("batch", "accepted").inc()
+        response.status_code = 202 if created else 200
+        REQUESTS.labels("batch", "accepted" if created else "duplicate").inc()
         return BatchView(batch_id=batch_id, tasks=tasks)
 
     @app.get(
@@ -232,9 +266,12 @@ def create_app(deps: ApiDependencies) -> FastAPI:
         created_before: datetime | None = None,
         page_size: Annotated[int, Query(ge=1, le=200)] = 50,
         page_token: str | None = None,
+        idempotency_key: IdempotencyKey | None = None,
     ) -> TaskPage:
-        """The tenant's tasks, newest first, filtered by state and creation time."""
+        """The tenant's tasks, newest first, filtered by state, creation time and idempotency key."""
         query = select(Task).where(Task.tenant_id == limits.tenant_id)
+        if idempotency_key is not None:
+            query = query.where(Task.idempotency_key == idempotency_key)
         if state is not None:
             query = query.where(Task.state == state)
         if created_after is not None:
@@ -313,12 +350,58 @@ def authenticated_tenant(
 TenantDep = Annotated[TenantLimits, Depends(authenticated_tenant)]
 
 
-def new_task(body: SubmitTask, idempotency_key: str | None) -> NewTask:
+def new_task(body: SubmitTask, idempotency_key: str | None, location: str = "body") -> NewTask:
     try:
         image_bytes = body.inline_bytes()
     except ValueError as exc:
-        raise Problem(422, ProblemCode.INVALID_REQUEST, str(exc)) from None
+        raise Problem(
+            422,
+            ProblemCode.INVALID_REQUEST,
+            str(exc),
+            errors=[{"location": f"{location}.image_base64", "message": str(exc)}],
+        ) from None
     return NewTask.from_submission(body, image_bytes, idempotency_key)
+
+
+def batch_task(body: SubmitBatch, index: int) -> NewTask:
+    item = body.tasks[index]
+    single = SubmitTask(
+        prompt=item.prompt,
+        image_url=item.image_url,
+        image_base64=item.image_base64,
+        metadata=item.metadata,
+        callback_url=body.callback_url,
+        callback_mode=body.callback_mode,
+        include_inline_result=body.include_inline_result,
+    )
+    return new_task(single, item.idempotency_key, f"body.tasks.{index}")
+
+
+def reject_duplicate_keys(items: list[NewTask]) -> None:
+    """Two items of one batch with one idempotency key would silently become one task: a 422."""
+    by_key: dict[str, list[int]] = {}
+    for index, new in enumerate(items):
+        if new.idempotency_key is not None:
+            by_key.setdefault(new.idempotency_key, []).append(index)
+    repeated = {key: indexes for key, indexes in by_key.items() if len(indexes) > 1}
+    if repeated:
+        raise Problem(
+            422,
+            ProblemCode.DUPLICATE_IDEMPOTENCY_KEY,
+            "items of one batch share an idempotency key: "
+            + "; ".join(f"{key!r} in tasks {indexes}" for key, indexes in repeated.items()),
+            errors=[
+                {"location": f"body.tasks.{index}.idempotency_key", "message": f"repeats {key!r}"}
+                for key, indexes in repeated.items()
+                for index in indexes
+            ],
+        )
+
+
+def conflict(exc: IdempotencyConflict) -> Problem:
+    if exc.kind == "batch":
+        return Problem(409, ProblemCode.IDEMPOTENCY_CONFLICT, str(exc), batch_id=str(exc.original))
+    return Problem(409, ProblemCode.IDEMPOTENCY_CONFLICT, str(exc), task_id=str(exc.original))
 
 
 def load_task(sessions: sessionmaker[Session], tenant_id: str, task_id: uuid.UUID) -> Task:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import re
 import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from pydantic import (
+    AfterValidator,
     AnyHttpUrl,
     AwareDatetime,
     BaseModel,
@@ -44,8 +46,33 @@ StageName = Annotated[str, WithJsonSchema({"type": "string", "enum": _proto_name
 # Standard base64 with padding, exactly what `base64.b64decode(validate=True)` takes.
 BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 
-Metadata = Annotated[dict[str, Annotated[str, Field(max_length=1024)]], Field(max_length=32)]
-Prompt = Annotated[str, Field(min_length=1, max_length=4000)]
+# Postgres text and jsonb cannot hold U+0000, and a lone UTF-16 surrogate is not encodable as UTF-8.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """`text` unchanged, or ValueError when the task store could not hold it."""
+    if _UNSTORABLE.search(text):
+        raise ValueError("contains U+0000 or a lone UTF-16 surrogate, which cannot be stored")
+    return text
+
+
+def make_storable(text: str) -> str:
+    """`text` with what the task store cannot hold replaced by U+FFFD (for recording bad input)."""
+    return _UNSTORABLE.sub("\ufffd", text)
+
+
+StorableText = Annotated[str, AfterValidator(storable)]
+Metadata = Annotated[
+    dict[
+        Annotated[StorableText, Field(min_length=1, max_length=64)],
+        Annotated[StorableText, Field(max_length=1024)],
+    ],
+    Field(max_length=32),
+]
+Prompt = Annotated[StorableText, Field(min_length=1, max_length=4000)]
+# Empty is refused rather than taken as absent: it would name one task for every such submit.
+IdempotencyKey = Annotated[StorableText, Field(min_length=1, max_length=255)]
 
 
 class CallbackMode(enum.StrEnum):
@@ -105,8 +132,8 @@ class SubmitTask(ImageInput, CallbackFields):
 class SubmitTopicTask(SubmitTask):
     """What external producers publish to the submit topic: a task plus who it is for."""
 
-    tenant_id: str = Field(min_length=1, max_length=64)
-    idempotency_key: str | None = Field(default=None, max_length=255)
+    tenant_id: Annotated[StorableText, Field(min_length=1, max_length=64)]
+    idempotency_key: IdempotencyKey | None = None
 
 
 class SubmitTaskByUrl(SubmitTask):
@@ -148,7 +175,7 @@ class BatchItem(ImageInput):
 
     prompt: Prompt
     metadata: Metadata = Field(default_factory=dict)
-    idempotency_key: str | None = Field(default=None, max_length=255)
+    idempotency_key: IdempotencyKey | None = None
 
 
 class BatchItemByUrl(BatchItem):

@@ -9,8 +9,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import StatementError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
+
+from imgpipe.store import errors as store_errors
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 
@@ -28,6 +31,9 @@ class ProblemCode(enum.StrEnum):
     NOT_FINISHED = "not_finished"
     NO_CALLBACK = "no_callback"
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    DUPLICATE_IDEMPOTENCY_KEY = "duplicate_idempotency_key"
+    UNSTORABLE_REQUEST = "unstorable_request"
+    UNAVAILABLE = "unavailable"
     REQUEST_TOO_LARGE = "request_too_large"
     IMAGE_TOO_LARGE = "image_too_large"
     BATCH_TOO_LARGE = "batch_too_large"
@@ -142,6 +148,18 @@ def allowed_methods(request: Request) -> str:
     return ", ".join(sorted(methods))
 
 
+def invalid_request(instance: str, errors: list[dict[str, str]]) -> JSONResponse:
+    """The one shape of a request that does not validate (schema, JSON syntax, encoding): 422."""
+    return problem_response(
+        422, ProblemCode.INVALID_REQUEST, "the request does not match the schema", instance, errors=errors
+    )
+
+
+def _printable(text: str) -> str:
+    # Locations may hold a client's metadata key, lone surrogates included; the answer must encode.
+    return text.encode("utf-8", "backslashreplace").decode()
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     async def on_problem(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, Problem)
@@ -152,16 +170,10 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         errors = [
-            {"location": ".".join(str(part) for part in error["loc"]), "message": error["msg"]}
+            {"location": _printable(".".join(str(part) for part in error["loc"])), "message": error["msg"]}
             for error in exc.errors()
         ]
-        return problem_response(
-            422,
-            ProblemCode.INVALID_REQUEST,
-            "the request does not match the schema",
-            request.url.path,
-            errors=errors,
-        )
+        return invalid_request(request.url.path, errors)
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -175,6 +187,26 @@ def install_problem_handlers(app: FastAPI) -> None:
             code = ProblemCode.HTTP_ERROR
         return problem_response(exc.status_code, code, str(exc.detail), request.url.path, headers)
 
+    async def on_database(request: Request, exc: Exception) -> JSONResponse:
+        # Requests are validated so the store can hold them; this is the net under that (store/errors.py).
+        assert isinstance(exc, StatementError)
+        reason = store_errors.describe(exc)
+        if store_errors.is_permanent(exc):
+            return problem_response(
+                422,
+                ProblemCode.UNSTORABLE_REQUEST,
+                f"the task store refused the request: {reason}",
+                request.url.path,
+            )
+        return problem_response(
+            503,
+            ProblemCode.UNAVAILABLE,
+            f"the task store failed: {reason}",
+            request.url.path,
+            {"Retry-After": "1"},
+        )
+
     app.add_exception_handler(Problem, on_problem)
+    app.add_exception_handler(StatementError, on_database)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)

@@ -13,6 +13,9 @@ class IngestSettings(RuntimeSettings):
     api_port: int = Field(default=8080, ge=0, le=65535)
     # Inline images are base64 in the request; the decoded bytes must stay under this cap.
     max_inline_image_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    # Request bodies over this are a 413 before they are read whole: room for the largest inline image
+    # (base64 is 4/3 of the bytes) plus the rest of the request.
+    max_request_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     max_batch_tasks: int = Field(default=100, ge=1, le=1000)
     # A task not terminal this long after acceptance is failed with `timeout` by the reaper.
     task_time_limit_seconds: float = Field(default=600.0, gt=0)

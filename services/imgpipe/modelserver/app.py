@@ -13,6 +13,9 @@
   Any `model` is accepted. Errors: {"detail": "..."}.
 - GET /healthz for process supervisors.
 
+With a `Simulation` (`--simulate`), every model call instead waits for one of the model's slots and
+holds it for a fixed service time, and answers without model work (modelserver/simulated.py).
+
 Inputs go through the stages' own loader (`load_image`, then `normalize`), so a bad image is a 4xx:
 400 undecodable, 413 too large, 415 unsupported format. A backend's permanent `ModelError` is 422,
 a retryable one 503; anything unexpected is a 500.
@@ -36,12 +39,13 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from imgpipe.backends.rembg_matte import hint_from_extras
-from imgpipe.imaging.detect import Detection, HaarPetDetector, PetDetector
+from imgpipe.imaging.detect import Box, Detection, HaarPetDetector, PetDetector
 from imgpipe.imaging.errors import ImageTooLarge, ModelError, PipelineError, UnsupportedFormat
 from imgpipe.imaging.generate import PillowStylizer, Stylizer
 from imgpipe.imaging.matte import GrabCutMatter, Matter
 from imgpipe.imaging.validate import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, encode_png, load_image, normalize
 from imgpipe.modelserver.server import DEFAULT_DETECT_MODEL
+from imgpipe.modelserver.simulated import Simulation
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +143,10 @@ def create_app(
     api_key: str | None = None,
     max_image_bytes: int = DEFAULT_MAX_BYTES,
     max_image_pixels: int = DEFAULT_MAX_PIXELS,
+    simulation: Simulation | None = None,
 ) -> FastAPI:
-    """The app; backends default to the CPU ones (HaarPetDetector, PillowStylizer, GrabCutMatter)."""
+    """The app; backends default to the CPU ones (HaarPetDetector, PillowStylizer, GrabCutMatter),
+    or, with a `simulation`, to a simulated accelerator."""
     detector = detector or HaarPetDetector()
     stylizer = stylizer or PillowStylizer()
     matter = matter or GrabCutMatter()
@@ -221,8 +227,12 @@ def create_app(
         except (ValueError, UnicodeDecodeError) as exc:
             raise ProtocolError(400, f"request body is not JSON: {exc}") from exc
         data = _oip_image_bytes(payload)
-        # CPU work off the event loop, like FastAPI's sync endpoints.
-        detections = await run_in_threadpool(lambda: detector.detect(load(data)))
+        if simulation is not None:
+            await simulation.serve(f"oip:{name}")
+            detections = simulation.detect(data)
+        else:
+            # CPU work off the event loop, like FastAPI's sync endpoints.
+            detections = await run_in_threadpool(lambda: detector.detect(load(data)))
         response: dict[str, Any] = {"model_name": name, "model_version": "1"}
         if isinstance(payload.get("id"), str):
             response["id"] = payload["id"]
@@ -232,7 +242,7 @@ def create_app(
     # --- OpenAI Images API --------------------------------------------------------------------------
 
     @app.post("/v1/images/edits")
-    def images_edits(
+    async def images_edits(
         image: Annotated[UploadFile, File()],
         prompt: Annotated[str, Form()],
         model: Annotated[str | None, Form()] = None,
@@ -252,16 +262,25 @@ def create_app(
         if response_format not in (None, "b64_json"):
             raise ProtocolError(400, f"response_format {response_format!r} is not supported; use b64_json")
         target = _parse_size(size)
-        result = stylizer.stylize(load(image.file.read()), prompt)
+        data = await image.read()
+        if simulation is not None:
+            await simulation.serve(f"edits:{model}")
+            answer = simulation.generate(data)
+        else:
+            answer = await run_in_threadpool(lambda: stylize(data, prompt, target))
+        b64 = base64.b64encode(answer).decode("ascii")
+        return {"created": int(time.time()), "data": [{"b64_json": b64}]}
+
+    def stylize(data: bytes, prompt: str, target: tuple[int, int] | None) -> bytes:
+        result = stylizer.stylize(load(data), prompt)
         if target is not None and target != result.size:
             result = result.resize(target, Image.Resampling.LANCZOS)
-        b64 = base64.b64encode(encode_png(result)).decode("ascii")
-        return {"created": int(time.time()), "data": [{"b64_json": b64}]}
+        return encode_png(result)
 
     # --- rembg ----------------------------------------------------------------------------------------
 
     @app.post("/api/remove")
-    def remove(
+    async def remove(
         file: Annotated[bytes, File()],
         model: Annotated[str, Form()] = "u2net",
         om: Annotated[bool, Form()] = False,
@@ -272,8 +291,13 @@ def create_app(
         except ValueError as exc:  # rembg ignores extras it cannot parse; so does this server
             log.warning("ignoring invalid extras %r: %s", extras, exc)
             hint = None
-        cut_out = matter.matte(load(file), hint=hint)
-        result = cut_out.getchannel("A") if om else cut_out
-        return Response(encode_png(result), media_type="image/png")
+        if simulation is not None:
+            await simulation.serve(f"rembg:{model}")
+            return Response(simulation.matte(file, mask_only=om), media_type="image/png")
+        return Response(await run_in_threadpool(lambda: cut(file, hint, om)), media_type="image/png")
+
+    def cut(data: bytes, hint: Box | None, mask_only: bool) -> bytes:
+        cut_out = matter.matte(load(data), hint=hint)
+        return encode_png(cut_out.getchannel("A") if mask_only else cut_out)
 
     return app

@@ -34,8 +34,9 @@ def run_consumer_service(
     before_commit: Callable[[], None] | None = None,
     background: Sequence[Callable[[threading.Event], None]] = (),
     on_shutdown: Sequence[Callable[[], None]] = (),
+    max_in_flight: int = 1,
 ) -> int:
-    """Run until SIGTERM or SIGINT, then finish the message in hand and leave the group."""
+    """Run until SIGTERM or SIGINT, then finish the messages in hand and leave the group."""
     configure_logging(settings.service_name, settings.log_level, settings.log_format)
     configure_tracing(settings.service_name, settings.trace_exporter)
     if routing is None:
@@ -51,6 +52,7 @@ def run_consumer_service(
         routing=routing,
         health=health,
         before_commit=before_commit,
+        max_in_flight=max_in_flight,
     )
     health.add_readiness_check("kafka_group_joined", loop.has_joined)
     for name, check in (readiness_checks or {}).items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from imgpipe.backends.null import NullPetDetector
 from imgpipe.imaging.detect import HaarPetDetector, PetDetector, PetPolicy, require_pet, select_pet
 from imgpipe.imaging.validate import load_image, normalize
 from imgpipe.netguard import EgressPolicy, fetch
@@ -49,6 +50,8 @@ class DetectWork:
             from imgpipe.backends.oip_detect import OipPetDetector
 
             detector = OipPetDetector(settings.model_server(settings.detect_url, settings.detect_model))
+        elif settings.detect_backend == "null":
+            detector = NullPetDetector()
         else:
             detector = HaarPetDetector()
         policy = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from imgpipe.backends.null import NullStylizer
 from imgpipe.imaging.generate import PillowStylizer, Stylizer
 from imgpipe.objects import ObjectStore
 from imgpipe.stages.images import png_output, read_artifact
@@ -25,6 +26,8 @@ class GenerateWork:
                 settings.generate_url, settings.generate_model, settings.generate_api_key
             )
             return cls(OpenAIImagesStylizer(config))
+        if settings.generate_backend == "null":
+            return cls(NullStylizer())
         return cls(PillowStylizer())
 
     def run(self, envelope: task_pb2.TaskEnvelope, objects: ObjectStore) -> StageOutput:

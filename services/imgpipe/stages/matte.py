@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from imgpipe.backends.null import NullMatter
 from imgpipe.imaging.detect import Box
 from imgpipe.imaging.matte import GrabCutMatter, Matter, resize_shorter_side
 from imgpipe.objects import ObjectStore
@@ -25,6 +26,8 @@ class MatteWork:
             from imgpipe.backends.rembg_matte import RembgMatter
 
             matter = RembgMatter(settings.model_server(settings.matte_url, settings.matte_model))
+        elif settings.matte_backend == "null":
+            matter = NullMatter()
         else:
             matter = GrabCutMatter()
         return cls(matter, settings.result_shorter_side)

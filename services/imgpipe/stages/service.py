@@ -51,4 +51,5 @@ def run_stage(settings: StageSettings, work: StageWork) -> int:
         },
         background=[terminal.run],
         on_shutdown=[runner.close],
+        max_in_flight=settings.stage_max_in_flight,
     )

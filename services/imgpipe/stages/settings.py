@@ -10,12 +10,15 @@ from pydantic import Field, SecretStr
 from imgpipe.backends.resilience import HttpBackendConfig
 from imgpipe.runtime.settings import RuntimeSettings
 
-Backend = Literal["local", "http"]
+Backend = Literal["local", "http", "null"]
 
 
 class StageSettings(RuntimeSettings):
     # Few messages per batch: each takes CPU seconds, and offsets are stored per batch.
     consumer_batch_size: int = Field(default=8, ge=1, le=10_000)
+    # Messages handled at once per process (threads; runtime/consumer.py keeps offsets in order). For
+    # the HTTP backends, whose calls wait on a model server; the local CPU backends stay at 1 for now.
+    stage_max_in_flight: int = Field(default=1, ge=1, le=256)
 
     # Stages skip tasks that ended (canceled, timed out) within this window; longer than any task lives.
     terminal_lookback_seconds: float = Field(default=3600.0, gt=0)
@@ -38,7 +41,8 @@ class StageSettings(RuntimeSettings):
     # The final resize (matte): the shorter side of the result, as the old system did.
     result_shorter_side: int = Field(default=350, ge=16, le=4096)
 
-    # Model backends: "local" runs the CPU algorithms in process; "http" calls a model server.
+    # Model backends: "local" runs the CPU algorithms in process; "http" calls a model server; "null"
+    # does no model work (backends/null.py: the benchmark's measure of the platform's own cost).
     detect_backend: Backend = "local"
     detect_url: str = "http://127.0.0.1:8090"
     detect_model: str = "pet-detector"

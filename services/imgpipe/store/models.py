@@ -94,6 +94,8 @@ class Task(Base):
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    # Fingerprint of the validated request (ingest.accept.request_fingerprint); NULL on older rows.
+    request_sha256: Mapped[str | None] = mapped_column(String(64))
     batch_id: Mapped[uuid.UUID | None] = mapped_column(index=True)
     state: Mapped[TaskState] = mapped_column(_enum(TaskState, "task_state"), default=TaskState.QUEUED)
     stage: Mapped[str | None] = mapped_column(String(32))
@@ -125,6 +127,21 @@ class Task(Base):
     deadline_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     processing_ms: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Batch(Base):
+    """A batch submitted with an Idempotency-Key: its fingerprint tells a replay from a conflict."""
+
+    __tablename__ = "batches"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_batches_tenant_idempotency_key"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    idempotency_key: Mapped[str] = mapped_column(String(255))
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class CallbackOutcome(enum.StrEnum):

@@ -88,7 +88,9 @@ class _DeliveryVerdictEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Deliv
     DELIVERY_VERDICT_GONE: _DeliveryVerdict.ValueType  # 3
     """410 Gone: the receiver asked to stop; the URL is disabled."""
     DELIVERY_VERDICT_REFUSED: _DeliveryVerdict.ValueType  # 4
-    """The egress policy refuses the URL (SSRF guard): retrying cannot help."""
+    """Retrying cannot help: the egress policy refuses the URL (SSRF guard), its host does not exist, or
+    its certificate fails verification.
+    """
 
 class DeliveryVerdict(_DeliveryVerdict, metaclass=_DeliveryVerdictEnumTypeWrapper):
     """How one send of a callback request ended, as the sender reports it back to the URL's queue."""
@@ -101,7 +103,9 @@ DELIVERY_VERDICT_RETRY: DeliveryVerdict.ValueType  # 2
 DELIVERY_VERDICT_GONE: DeliveryVerdict.ValueType  # 3
 """410 Gone: the receiver asked to stop; the URL is disabled."""
 DELIVERY_VERDICT_REFUSED: DeliveryVerdict.ValueType  # 4
-"""The egress policy refuses the URL (SSRF guard): retrying cannot help."""
+"""Retrying cannot help: the egress policy refuses the URL (SSRF guard), its host does not exist, or
+its certificate fails verification.
+"""
 Global___DeliveryVerdict: _TypeAlias = DeliveryVerdict  # noqa: Y015
 
 @_typing.final
