@@ -70,6 +70,7 @@ lint: $(VENV)/.synced  ## ruff, mypy and generated-code staleness
 	$(VENV)/bin/ruff check services tests bench
 	$(VENV)/bin/ruff format --check services tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/python -m imgpipe.contracts.codegen --check
 
 format: $(VENV)/.synced
 	$(VENV)/bin/ruff format services tests bench
