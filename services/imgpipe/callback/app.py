@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import faust
 from prometheus_client import Counter, Gauge, Histogram
 
+from imgpipe.callback.kafka_auth import faust_credentials
 from imgpipe.callback.payloads import callback_item, encode_request, wants_inline_result
 from imgpipe.callback.policies import PolicyBook
 from imgpipe.callback.sender import SendResult, WebhookSender
@@ -318,6 +319,7 @@ def build_app(settings: CallbackSettings, registry: Registry) -> tuple[faust.App
     app = faust.App(
         APP_ID,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(",")],
+        broker_credentials=faust_credentials(settings.kafka_client_config),
         store=settings.callback_store,
         datadir=settings.callback_data_dir,
         web_enabled=False,
