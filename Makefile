@@ -28,10 +28,15 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 setup: $(VENV)/.synced  ## install Python deps from the lock, then Kafka, Postgres and MinIO
 	$(IMGPIPE) stack install
 
+# The local pipeline may call this machine (the demo's webhook receiver, local image hosts);
+# `make up ALLOW_LOOPBACK=0` keeps production's SSRF guard, ALLOW_NETWORKS=10.0.0.0/8,... adds CIDRs.
+ALLOW_LOOPBACK ?= 1
+ALLOW_NETWORKS ?=
+
 up: setup  ## start Kafka, Postgres, MinIO and every imgpipe service, then run the demo
 	$(IMGPIPE) stack up > /dev/null
 	source <($(IMGPIPE) stack env) && $(IMGPIPE) doctor
-	$(IMGPIPE) pipeline up
+	$(IMGPIPE) pipeline up $(if $(filter 1,$(ALLOW_LOOPBACK)),--allow-loopback) $(if $(ALLOW_NETWORKS),--allow-networks $(ALLOW_NETWORKS))
 	$(IMGPIPE) demo
 
 demo:  ## submit sample photos to the running pipeline (HTTP and submit topic) and show the results

@@ -84,6 +84,10 @@ class ApiClient:
                 return tasks
             params["page_token"] = page["next_page_token"]
 
+    def webhook_secrets(self) -> tuple[str, ...]:
+        """The `whsec_` secrets this tenant's callbacks are signed with, current first."""
+        return tuple(self._json(self._http.get("/v1/webhook-secret"))["secrets"])
+
     def cancel(self, task_id: str) -> dict[str, Any]:
         return self._json(self._http.post(f"/v1/tasks/{task_id}/cancel"))
 

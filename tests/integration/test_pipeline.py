@@ -10,6 +10,7 @@ import functools
 import io
 import uuid
 from collections.abc import Sequence
+from ipaddress import ip_address
 from typing import Any
 
 import httpx
@@ -19,9 +20,11 @@ from sqlalchemy import select
 
 from imgpipe.client import ApiClient, TaskRequest, TopicSubmitter
 from imgpipe.contracts.registry import TopicKey, default_registry
+from imgpipe.demo import run_demo
 from imgpipe.ingest.accept import task_id_for
-from imgpipe.localstack.pipeline import DEMO_TENANT, LocalPipeline
+from imgpipe.localstack.pipeline import DEMO_TENANT, LOOPBACK_NETWORKS, LocalPipeline, egress_overrides
 from imgpipe.localstack.waiting import wait_until
+from imgpipe.netguard import EgressPolicy
 from imgpipe.runtime.kafka import DEAD_LETTER_REASON_HEADER, ORIGIN_TOPIC_HEADER, Received
 from imgpipe.samples import photo_jpeg
 from imgpipe.store.db import make_engine, make_sessions
@@ -235,3 +238,22 @@ def test_every_service_exports_outcome_counters_latency_and_lag(
         # librdkafka reports lag with its statistics, every 15 s: a freshly restarted worker has none yet.
         wait_until(functools.partial(has, consumer, "imgpipe_consumer_lag"), 40, f"{consumer} to export lag")
     assert has("ingest-api", "imgpipe_api_submits_total", route="submit", outcome="accepted")
+
+
+def test_the_demo_ends_with_a_verified_callback_at_its_local_receiver(
+    pipeline: LocalPipeline, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The test pipeline allows 127.0.0.1/32 for callbacks, as `make up` (ALLOW_LOOPBACK=1) does.
+    assert pipeline.callbacks_reach_loopback()
+    assert run_demo(pipeline.stack_name) == 0
+    out = capsys.readouterr().out
+    assert "callback: POST http://127.0.0.1:" in out and "signature verified" in out, out
+
+
+def test_the_egress_allow_lists_the_local_pipeline_takes() -> None:
+    overrides = egress_overrides(LOOPBACK_NETWORKS)
+    assert set(overrides) == {"IMGPIPE_FETCH_ALLOW_NETWORKS", "IMGPIPE_CALLBACK_ALLOW_NETWORKS"}
+    policy = EgressPolicy.from_settings(allow_networks=overrides["IMGPIPE_CALLBACK_ALLOW_NETWORKS"])
+    assert policy.address_allowed(ip_address("127.0.0.1")) and policy.address_allowed(ip_address("::1"))
+    assert not policy.address_allowed(ip_address("10.0.0.1"))
+    assert egress_overrides("") == {}

@@ -92,11 +92,12 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _pipeline_up(args: argparse.Namespace) -> int:
-    from imgpipe.localstack.pipeline import LocalPipeline
+    from imgpipe.localstack.pipeline import LOOPBACK_NETWORKS, LocalPipeline, egress_overrides
 
+    networks = [n for n in (args.allow_networks, LOOPBACK_NETWORKS if args.allow_loopback else "") if n]
     started = time.monotonic()
     pipeline = LocalPipeline.of_stack(args.name)
-    pipeline.up()
+    pipeline.up(egress_overrides(",".join(networks)))
     print(f"pipeline on stack {args.name} is up ({time.monotonic() - started:.1f} s); API {pipeline.api_url}")
     print(f"demo tenant's API key is in {pipeline.state_file}; logs in {pipeline.paths.root / 'logs'}")
     return 0
@@ -183,6 +184,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         parser = pipeline_actions.add_parser(action, help=help_text, description=help_text)
         _add_name(parser)
         parser.set_defaults(handler=_handler(function))
+        if action == "up":
+            parser.add_argument(
+                "--allow-loopback",
+                action="store_true",
+                help="let image fetches and callbacks reach this machine (127.0.0.0/8, ::1): local receivers",
+            )
+            parser.add_argument(
+                "--allow-networks",
+                default="",
+                metavar="CIDRS",
+                help="comma-separated private CIDRs image fetches and callbacks may reach "
+                "(IMGPIPE_FETCH_ALLOW_NETWORKS and IMGPIPE_CALLBACK_ALLOW_NETWORKS)",
+            )
     demo = subparsers.add_parser(
         "demo", help="submit sample photos over HTTP and the submit topic; show results"
     )

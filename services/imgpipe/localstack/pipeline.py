@@ -18,6 +18,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from imgpipe.localstack.ports import assign_ports
 from imgpipe.localstack.processes import PidRecord, ProcessSpec, read_pid_file, spawn, stop
 from imgpipe.localstack.stack import stack_endpoints
 from imgpipe.localstack.waiting import wait_until
+from imgpipe.netguard import EgressPolicy
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,15 @@ SERVICES = ("ingest-projector", "ingest-submit", "detect", "generate", "matte", 
 DEMO_TENANT = "demo"
 READY_TIMEOUT = 90.0
 STOP_GRACE = 20.0
+# What `pipeline up --allow-loopback` (`make up`'s default) lets the SSRF guard reach: a receiver or
+# an image host on this machine. Production keeps both lists empty (docs/egress.md).
+LOOPBACK_NETWORKS = "127.0.0.0/8,::1/128"
+EGRESS_SETTINGS = ("IMGPIPE_FETCH_ALLOW_NETWORKS", "IMGPIPE_CALLBACK_ALLOW_NETWORKS")
+
+
+def egress_overrides(allow_networks: str) -> dict[str, str]:
+    """Settings letting the detect stage's image fetch and the callback service reach `allow_networks`."""
+    return {name: allow_networks for name in EGRESS_SETTINGS} if allow_networks else {}
 
 
 class PipelineError(LocalStackError):
@@ -111,6 +122,11 @@ class LocalPipeline:
             raise PipelineError("the pipeline has no demo tenant yet: run `imgpipe pipeline up`")
         return self.state.api_key
 
+    def callbacks_reach_loopback(self) -> bool:
+        """Whether the callback service was started allowed to call 127.0.0.1 (a local receiver)."""
+        allowed = self.state.overrides.get("IMGPIPE_CALLBACK_ALLOW_NETWORKS", "")
+        return EgressPolicy.from_settings(allow_networks=allowed).address_allowed(ip_address("127.0.0.1"))
+
     def environment(self, service: str) -> dict[str, str]:
         """The environment a service runs with: the stack's endpoints and its own ports."""
         port = str(self.state.ports[service])
@@ -140,8 +156,13 @@ class LocalPipeline:
         and wait until all are ready. `overrides` adds IMGPIPE_* settings to every service, also when
         one is restarted later."""
         with file_lock(self.paths.root.with_name(f"stack-{self.stack_name}-pipeline.lock")):
+            overrides = dict(overrides or {})
+            if overrides != self.state.overrides:
+                # A service keeps the settings it started with: restart what runs on the old ones.
+                for service in reversed(SERVICES):
+                    self.stop(service)
             ports = assign_ports(SERVICES, self.state.ports, keep=[s for s in SERVICES if self.is_running(s)])
-            self._save(ports=ports, overrides=dict(overrides or {}))
+            self._save(ports=ports, overrides=overrides)
             self._imgpipe("db", "upgrade")
             self._imgpipe("topics", "apply")
             if self.state.api_key is None:
