@@ -170,6 +170,24 @@ def test_consecutive_failures_open_the_breaker_and_hold_the_url() -> None:
     assert held.wake_at == pytest.approx(30.0)  # the circuit's reset time
 
 
+def test_a_retry_behind_an_open_breaker_states_when_the_circuit_lets_it_go() -> None:
+    rng = random.Random(1)
+    queue = queue_of(item("a"), item("b"))
+    planned = plan(queue, replace(POLICY, max_in_flight=2), now=0.0, sending_here=set())
+    first, second = planned.start
+    queue = settle(
+        planned.queue, outcome(first.webhook_id, 1, callback_pb2.DELIVERY_VERDICT_RETRY), POLICY, 0.0, rng
+    )
+    assert queue.next_attempt_at is not None and queue.next_attempt_at < 30.0  # closed: the backoff decides
+    opened = settle(
+        queue.queue, outcome(second.webhook_id, 1, callback_pb2.DELIVERY_VERDICT_RETRY), POLICY, 1.0, rng
+    )
+    assert opened.queue.breaker.open_until == pytest.approx(31.0)
+    assert opened.next_attempt_at == pytest.approx(31.0)  # backoff ~1-2 s, but the circuit is open until 31
+    assert plan(opened.queue, POLICY, now=30.9, sending_here=set()).start == []
+    assert [d.webhook_id for d in plan(opened.queue, POLICY, now=31.0, sending_here=set()).start]
+
+
 def test_410_disables_the_url_and_drops_what_waits() -> None:
     planned = plan(queue_of(item("a"), item("b"), item("c"), item("d")), POLICY, now=0.0, sending_here=set())
     gone = settle(

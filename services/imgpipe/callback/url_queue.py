@@ -257,7 +257,9 @@ def settle(
         cap_seconds=policy.backoff_cap_seconds,
         rng=rng,
     )
-    next_at = now + max(backoff, outcome.retry_after_ms / 1000)
+    # An open circuit holds every delivery of the URL until it resets: that, not the backoff, is
+    # when the next try really happens (and what the task's attempts show).
+    next_at = max(now + max(backoff, outcome.retry_after_ms / 1000), breaker.open_until)
     retrying = replace(delivery, in_flight_since=None, next_attempt_at=next_at)
     return Settled(
         replace(queue, deliveries=(*others[:index], retrying, *others[index:]), breaker=breaker),
