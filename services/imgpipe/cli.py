@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from imgpipe.callback import commands as callback_commands
 from imgpipe.contracts import commands as contract_commands
 from imgpipe.ingest import commands as ingest_commands
-from imgpipe.ingest import openapi
 from imgpipe.localstack import commands as stack_commands
 from imgpipe.modelserver import server as model_server
 from imgpipe.runtime.settings import SettingsError
@@ -25,7 +24,6 @@ REGISTRARS: tuple[Registrar, ...] = (
     stack_commands.register,
     contract_commands.register,
     ingest_commands.register,
-    openapi.register,
     stage_commands.register,
     callback_commands.register,
     model_server.register,

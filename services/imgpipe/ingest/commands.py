@@ -1,4 +1,5 @@
-"""`imgpipe ingest-api|ingest-submit|ingest-projector`, `imgpipe db upgrade`, `imgpipe tenants create`.
+"""`imgpipe ingest-api|ingest-submit|ingest-projector`, `imgpipe db upgrade`, `imgpipe tenants create`,
+`imgpipe openapi`.
 
 Imports happen inside the handlers so that building the parser stays fast for every command.
 """
@@ -118,6 +119,12 @@ def _tenants_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _openapi(args: argparse.Namespace) -> int:
+    from imgpipe.ingest.openapi import openapi_command
+
+    return openapi_command(args)
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     subparsers.add_parser("ingest-api", help="the HTTP API (and its outbox relay)").set_defaults(
         handler=_ingest_api
@@ -145,3 +152,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     create.add_argument("--batch-rate", type=float, default=1.0, help="batch submits per second")
     create.add_argument("--batch-burst", type=int, default=2)
     create.set_defaults(handler=_tenants_create)
+
+    openapi = subparsers.add_parser("openapi", help="write (or --check) schemas/openapi.json")
+    openapi.add_argument("--check", action="store_true", help="exit 1 when the committed file is stale")
+    openapi.add_argument("--output", help="another path than schemas/openapi.json")
+    openapi.set_defaults(handler=_openapi)

@@ -86,10 +86,3 @@ def openapi_command(args: argparse.Namespace) -> int:
     path.write_text(render(document()))
     print(f"wrote {path}")
     return 0
-
-
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("openapi", help="write (or --check) schemas/openapi.json")
-    parser.add_argument("--check", action="store_true", help="exit 1 when the committed file is stale")
-    parser.add_argument("--output", help="another path than schemas/openapi.json")
-    parser.set_defaults(handler=openapi_command)
