@@ -41,6 +41,7 @@ from imgpipe.ingest.models import (
     BatchView,
     CallbackAttemptView,
     CallbackView,
+    DateTimeQuery,
     IdempotencyKey,
     SubmitBatch,
     SubmitTask,
@@ -262,8 +263,8 @@ def create_app(deps: ApiDependencies) -> FastAPI:
     def list_tasks(
         limits: TenantDep,
         state: TaskState | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
+        created_after: DateTimeQuery | None = None,
+        created_before: DateTimeQuery | None = None,
         page_size: Annotated[int, Query(ge=1, le=200)] = 50,
         page_token: str | None = None,
         idempotency_key: IdempotencyKey | None = None,

@@ -41,6 +41,7 @@ from imgpipe.ingest.models import (
     CallbackPolicyBody,
     CallbackPolicyView,
     ReplayRequest,
+    ReplayTask,
     ReplayView,
 )
 from imgpipe.ingest.problems import ProblemCode
@@ -263,7 +264,7 @@ class CallbackAdmin:
         )
 
     def _select_for_replay(self, session: Session, request: ReplayRequest) -> tuple[Sequence[Task], bool]:
-        if request.task_id is not None:
+        if isinstance(request, ReplayTask):
             task = session.get(Task, request.task_id, with_for_update=True)
             if task is None:
                 raise ReplayRefused(404, ProblemCode.NOT_FOUND, f"no task {request.task_id}")
@@ -274,7 +275,6 @@ class CallbackAdmin:
             if not task.callback_url:
                 raise ReplayRefused(409, ProblemCode.NO_CALLBACK, f"task {task.id} has no callback URL")
             return [task], False
-        assert request.callback_url is not None and request.since is not None  # ReplayRequest checks
         query = select(Task).where(
             Task.callback_url == str(request.callback_url),
             Task.completed_at >= request.since,

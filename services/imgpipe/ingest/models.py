@@ -16,9 +16,13 @@ from pydantic import (
     AnyHttpUrl,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
     Tag,
     WithJsonSchema,
     model_validator,
@@ -74,6 +78,18 @@ Prompt = Annotated[StorableText, Field(min_length=1, max_length=4000)]
 # Empty is refused rather than taken as absent: it would name one task for every such submit.
 IdempotencyKey = Annotated[StorableText, Field(min_length=1, max_length=255)]
 
+RFC3339_DATE = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]")
+
+
+def _date_time_text(value: object) -> object:
+    # pydantic also reads a bare number as Unix seconds; the document promises RFC 3339 `date-time`.
+    if not isinstance(value, datetime) and not (isinstance(value, str) and RFC3339_DATE.match(value)):
+        raise ValueError("an RFC 3339 date-time, e.g. 2026-01-31T12:00:00Z")
+    return value
+
+
+DateTimeQuery = Annotated[datetime, BeforeValidator(_date_time_text)]
+
 
 class CallbackMode(enum.StrEnum):
     IMMEDIATE = "immediate"
@@ -107,10 +123,14 @@ class ImageInput(BaseModel):
             raise ValueError(f"image_base64 is not valid base64: {exc}") from None
 
 
+# Request bodies use Strict* numbers and booleans: lax pydantic would read 0 or "no" as false and "5" as 5,
+# accepting what the document calls invalid.
+
+
 class CallbackFields(BaseModel):
     callback_url: AnyHttpUrl | None = None
     callback_mode: CallbackMode = CallbackMode.IMMEDIATE
-    include_inline_result: bool = Field(
+    include_inline_result: StrictBool = Field(
         default=False, description="Also send the result image as base64 in the callback (size-capped)."
     )
 
@@ -120,7 +140,7 @@ class SubmitTask(ImageInput, CallbackFields):
 
     prompt: Prompt
     metadata: Metadata = Field(default_factory=dict)
-    time_limit_seconds: float | None = Field(
+    time_limit_seconds: StrictFloat | None = Field(
         default=None,
         gt=0,
         le=86400,
@@ -154,7 +174,12 @@ class SubmitTaskInline(SubmitTask):
 
 def _image_kind(value: object) -> str | None:
     """Which alternative a body is, by the image member it has (both or neither: no alternative)."""
-    fields = value if isinstance(value, dict) else vars(value)
+    if isinstance(value, BaseModel):
+        fields = vars(value)
+    elif isinstance(value, dict):
+        fields = value
+    else:
+        return None  # not a JSON object at all: no alternative fits (a 422, not a crash)
     has_url, has_inline = fields.get("image_url") is not None, fields.get("image_base64") is not None
     return None if has_url == has_inline else "url" if has_url else "inline"
 
@@ -278,15 +303,17 @@ class CallbackPolicyBody(BaseModel):
     scope: Literal["url", "host"] = Field(
         description="`url` when the key is a callback URL, `host` when it is a host name."
     )
-    rate_per_second: float = Field(default=0, ge=0, le=10_000, description="Token-bucket refill rate.")
-    burst: int = Field(default=0, ge=0, le=100_000, description="Token-bucket size.")
-    batch_size: int = Field(default=0, ge=0, le=1000, description="Batched mode: results per request.")
-    max_delay_ms: int = Field(default=0, ge=0, le=3_600_000, description="Batched mode: longest wait.")
+    rate_per_second: StrictFloat = Field(default=0, ge=0, le=10_000, description="Token-bucket refill rate.")
+    burst: StrictInt = Field(default=0, ge=0, le=100_000, description="Token-bucket size.")
+    batch_size: StrictInt = Field(default=0, ge=0, le=1000, description="Batched mode: results per request.")
+    max_delay_ms: StrictInt = Field(default=0, ge=0, le=3_600_000, description="Batched mode: longest wait.")
     mode_override: CallbackMode | None = Field(
         default=None, description="Send every result this way, whatever the client asked for."
     )
-    timeout_ms: int = Field(default=0, ge=0, le=120_000, description="Per-request HTTP timeout.")
-    disabled: bool = Field(default=False, description="Send nothing; attempts are recorded as disabled.")
+    timeout_ms: StrictInt = Field(default=0, ge=0, le=120_000, description="Per-request HTTP timeout.")
+    disabled: StrictBool = Field(
+        default=False, description="Send nothing; attempts are recorded as disabled."
+    )
 
 
 class CallbackPolicyView(CallbackPolicyBody):
@@ -298,29 +325,39 @@ class CallbackPolicyList(BaseModel):
     policies: list[CallbackPolicyView]
 
 
-class ReplayRequest(BaseModel):
-    """Either one task, or a callback URL's tasks that ended since a time."""
+class ReplayTask(BaseModel):
+    """One ended task's callback, again."""
 
     model_config = ConfigDict(extra="forbid")
 
-    task_id: uuid.UUID | None = None
-    callback_url: AnyHttpUrl | None = None
-    since: AwareDatetime | None = Field(
-        default=None, description="RFC 3339; with callback_url: tasks completed at or after it."
-    )
-    only_failed: bool = Field(
-        default=True, description="With callback_url: only tasks whose callback status is failed."
-    )
+    task_id: uuid.UUID
 
-    @model_validator(mode="after")
-    def _one_selection(self) -> Self:
-        if (self.task_id is None) == (self.callback_url is None):
-            raise ValueError("give exactly one of task_id and callback_url")
-        if self.callback_url is not None and self.since is None:
-            raise ValueError("callback_url needs since")
-        if self.task_id is not None and self.since is not None:
-            raise ValueError("since applies to callback_url only")
-        return self
+
+class ReplayCallbackUrl(BaseModel):
+    """The callbacks of a callback URL's tasks that ended since a time, again."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    callback_url: AnyHttpUrl
+    since: Annotated[AwareDatetime, BeforeValidator(_date_time_text)] = Field(
+        description="RFC 3339: tasks completed at or after it."
+    )
+    only_failed: StrictBool = Field(default=True, description="Only tasks whose callback status is failed.")
+
+
+def _replay_kind(value: object) -> str:
+    fields = vars(value) if isinstance(value, BaseModel) else value if isinstance(value, dict) else {}
+    return "task" if "task_id" in fields else "url"
+
+
+# A oneOf in the document: a body naming both a task and a URL fits neither (extra fields are refused).
+if TYPE_CHECKING:
+    ReplayRequest = ReplayTask | ReplayCallbackUrl
+else:
+    ReplayRequest = Annotated[
+        Annotated[ReplayTask, Tag("task")] | Annotated[ReplayCallbackUrl, Tag("url")],
+        Discriminator(_replay_kind),
+    ]
 
 
 class ReplayView(BaseModel):
