@@ -76,6 +76,7 @@ _BOOKKEEPING_HEADERS = frozenset(
         REPLAY_COUNT_HEADER,
     }
 )
+_DIGITS = re.compile(r"[0-9]+")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -295,7 +296,7 @@ class DeadLetters:
     def parse_id(self, text: str) -> tuple[str, int, int]:
         topic, _, rest = text.strip().partition(":")
         partition, _, offset = rest.partition(":")
-        if not (partition.isdigit() and offset.isdigit()):
+        if not (_DIGITS.fullmatch(partition) and _DIGITS.fullmatch(offset)):
             raise InvalidDeadLetterId(f"{text!r} is not <topic>:<partition>:<offset>")
         if topic not in self.topics:
             raise InvalidDeadLetterId(
