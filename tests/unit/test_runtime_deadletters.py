@@ -88,7 +88,7 @@ def test_a_selection_matches_origin_reason_substring_and_time() -> None:
     entry = dead_letter(from_submit(), at=NOW)
     assert Selection().matches(entry)
     assert Selection(origin=SUBMIT, reason="INVALID submission", since=NOW).matches(entry)
-    assert not Selection(origin="imgpipe.tasks.detect.v1").matches(entry)
+    assert not Selection(origin=REGISTRY.name(TopicKey.DETECT)).matches(entry)
     assert not Selection(reason="retries exhausted").matches(entry)
     assert not Selection(since=NOW + timedelta(seconds=1)).matches(entry)
 
