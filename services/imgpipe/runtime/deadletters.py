@@ -18,6 +18,7 @@ is refused, and so is the whole request: nothing is produced.
 from __future__ import annotations
 
 import re
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -286,6 +287,7 @@ class DeadLetters:
         self.topics = (self._registry.name(TopicKey.DEAD_LETTER),)
         self._timeout = timeout_seconds
         self._producer = producer
+        self._producer_lock = threading.Lock()  # the admin API replays from several threads
 
     def close(self) -> None:
         if self._producer is not None:
@@ -460,11 +462,11 @@ class DeadLetters:
     def _produce(self, entries: Sequence[DeadLetter]) -> list[Replayed]:
         if not entries:
             return []
-        if self._producer is None:
-            self._producer = build_producer(
-                self._settings, f"{self._settings.service_name}-deadletters-replay"
-            )
-        producer = self._producer
+        with self._producer_lock:
+            if self._producer is None:
+                client_id = f"{self._settings.service_name}-deadletters-replay"
+                self._producer = build_producer(self._settings, client_id)
+            producer = self._producer
         results: dict[str, Replayed] = {}
         errors: list[str] = []
 
