@@ -15,6 +15,7 @@ from imgpipe.contracts import commands as contract_commands
 from imgpipe.ingest import commands as ingest_commands
 from imgpipe.localstack import commands as stack_commands
 from imgpipe.modelserver import server as model_server
+from imgpipe.runtime import commands as runtime_commands
 from imgpipe.runtime.settings import SettingsError
 from imgpipe.stages import commands as stage_commands
 
@@ -26,6 +27,7 @@ REGISTRARS: tuple[Registrar, ...] = (
     ingest_commands.register,
     stage_commands.register,
     callback_commands.register,
+    runtime_commands.register,
     model_server.register,
 )
 

@@ -58,6 +58,7 @@ from imgpipe.ingest.tenants import ApiKeyAuthenticator, TenantLimits
 from imgpipe.ingest.terminate import request_cancel
 from imgpipe.objects import ObjectStore
 from imgpipe.ratelimit import KeyedLimiter
+from imgpipe.runtime.deadletters import DeadLetters
 from imgpipe.store.models import CallbackAttempt, CallbackOutcome, Task, TaskState
 
 REQUESTS = Counter("imgpipe_api_submits_total", "Task submissions by route and outcome", ["route", "outcome"])
@@ -76,6 +77,8 @@ class ApiDependencies:
     result_topic: str
     # Policies and replays for /v1/admin; None (or no admin token) turns the admin API off.
     callback_admin: CallbackAdmin | None = None
+    # The dead-letter topic for /v1/admin/dead-letters; None turns those routes off (404).
+    dead_letters: DeadLetters | None = None
 
 
 def create_app(deps: ApiDependencies) -> FastAPI:
@@ -84,6 +87,8 @@ def create_app(deps: ApiDependencies) -> FastAPI:
         yield
         if deps.callback_admin is not None:
             deps.callback_admin.close()
+        if deps.dead_letters is not None:
+            deps.dead_letters.close()
 
     app = FastAPI(
         lifespan=lifespan,

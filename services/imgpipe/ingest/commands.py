@@ -37,6 +37,7 @@ def _ingest_api(args: argparse.Namespace) -> int:
             limiter=KeyedLimiter(),
             result_topic=core.result_topic,
             callback_admin=core.callback_admin() if settings.admin_token_value() else None,
+            dead_letters=core.dead_letters() if settings.admin_token_value() else None,
         )
     )
     stop_relay = threading.Event()

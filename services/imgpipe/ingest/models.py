@@ -368,3 +368,72 @@ class ReplayView(BaseModel):
         "repeat the request (with only_failed) or move `since` past the last one to continue."
     )
     limit: int
+
+
+class DeadLetterView(BaseModel):
+    """A message the pipeline could not handle, as it sits on the dead-letter topic."""
+
+    id: str = Field(description="`<topic>:<partition>:<offset>` of the dead letter.")
+    topic: str
+    partition: int
+    offset: int
+    dead_lettered_at: datetime | None = Field(description="When it was dead-lettered (producer time).")
+    age_seconds: float | None
+    reason: str | None = Field(description="Why: poison (undecodable, invalid) or the last error.")
+    origin_topic: str | None = Field(description="Where it first arrived; a replay sends it there.")
+    origin_partition: int | None
+    origin_offset: int | None
+    group: str | None = Field(description="The consumer group (or app) that gave up on it.")
+    key: str | None = Field(description="The original message key, as UTF-8 text.")
+    payload_bytes: int
+    replay_count: int = Field(description="How often it had been replayed before it landed here again.")
+    replayed_from: str | None = Field(description="The dead letter it was replayed from, if it was.")
+
+
+class DeadLetterDetail(DeadLetterView):
+    headers: dict[str, str] = Field(description="Every header, as UTF-8 text.")
+    payload_base64: str | None
+
+
+class DeadLetterList(BaseModel):
+    dead_letters: list[DeadLetterView] = Field(description="Oldest first.")
+    truncated: bool = Field(description="More matched than `limit`; narrow with `since` to see later ones.")
+    limit: int
+
+
+class DeadLetterReplayRequest(BaseModel):
+    """Either dead letters by id, or those from one origin topic (narrowed by reason and time)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[Annotated[str, Field(min_length=1, max_length=512)]] | None = Field(
+        default=None, min_length=1, max_length=1000
+    )
+    origin: str | None = Field(
+        default=None, min_length=1, description="An origin topic's name, or its registry key (tasks-submit)."
+    )
+    reason: str | None = Field(default=None, description="With origin: a substring of the reason.")
+    since: AwareDatetime | None = Field(default=None, description="With origin: dead-lettered at or after.")
+    limit: int = Field(
+        default=100, ge=1, le=1000, description="With origin: at most this many, oldest first."
+    )
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> Self:
+        if (self.ids is None) == (self.origin is None):
+            raise ValueError("give exactly one of ids and origin")
+        if self.ids is not None and (self.reason is not None or self.since is not None):
+            raise ValueError("reason and since narrow origin, not ids")
+        return self
+
+
+class ReplayedDeadLetter(BaseModel):
+    id: str = Field(description="The dead letter's id.")
+    topic: str = Field(description="The origin topic it was produced to.")
+    partition: int
+    offset: int
+
+
+class DeadLetterReplayView(BaseModel):
+    replayed: list[ReplayedDeadLetter]
+    truncated: bool = Field(description="With origin: more matched than `limit` (the oldest were replayed).")

@@ -30,6 +30,7 @@ class ProblemCode(enum.StrEnum):
     ALREADY_FINISHED = "already_finished"
     NOT_FINISHED = "not_finished"
     NO_CALLBACK = "no_callback"
+    NOT_REPLAYABLE = "not_replayable"  # a dead letter whose origin is unknown
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
     DUPLICATE_IDEMPOTENCY_KEY = "duplicate_idempotency_key"
     UNSTORABLE_REQUEST = "unstorable_request"

@@ -17,6 +17,7 @@ from imgpipe.ingest.outbox import OutboxRelay
 from imgpipe.ingest.settings import IngestSettings
 from imgpipe.ingest.terminate import run_reaper
 from imgpipe.objects import ObjectStore
+from imgpipe.runtime.deadletters import DeadLetters
 from imgpipe.runtime.kafka import build_producer
 from imgpipe.store.db import make_engine, make_sessions
 
@@ -74,4 +75,10 @@ class IngestCore:
             build_producer(self.settings, client_id=f"{self.settings.service_name}-admin"),
             replay_limit=self.settings.admin_replay_limit,
             timeout_seconds=min(self.settings.producer_flush_seconds, 15.0),
+        )
+
+    def dead_letters(self) -> DeadLetters:
+        """The dead-letter topic for the admin API (reads, and replays with a producer of its own)."""
+        return DeadLetters(
+            self.settings, self.registry, timeout_seconds=min(self.settings.producer_flush_seconds, 15.0)
         )

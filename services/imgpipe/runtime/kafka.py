@@ -21,6 +21,10 @@ ORIGIN_OFFSET_HEADER = "imgpipe-origin-offset"
 ERROR_HEADER = "imgpipe-error"  # why the last attempt failed
 DEAD_LETTER_REASON_HEADER = "imgpipe-dead-letter-reason"
 DEAD_LETTER_GROUP_HEADER = "imgpipe-dead-letter-group"
+# Set on a dead letter put back on its origin topic (runtime/deadletters.py): which dead letter it
+# was ("<topic>:<partition>:<offset>") and how often this message has been replayed.
+REPLAYED_FROM_HEADER = "imgpipe-replayed-from"
+REPLAY_COUNT_HEADER = "imgpipe-replay-count"
 
 HeaderValue = str | bytes
 
