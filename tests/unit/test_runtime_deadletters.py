@@ -7,6 +7,7 @@ from imgpipe.contracts.registry import TopicKey, default_registry
 from imgpipe.runtime.commands import format_age
 from imgpipe.runtime.deadletters import (
     DeadLetter,
+    DeadLetterNotFound,
     DeadLetters,
     InvalidDeadLetterId,
     ReplayRefused,
@@ -105,7 +106,7 @@ def test_since_is_a_duration_ago_or_an_iso_time() -> None:
 def test_ids_name_a_position_on_a_dead_letter_topic() -> None:
     dead_letters = DeadLetters(RuntimeSettings())
     assert dead_letters.parse_id(f"{DEAD_LETTER}:0:12") == (DEAD_LETTER, 0, 12)
-    with pytest.raises(InvalidDeadLetterId, match="not a dead-letter topic"):
+    with pytest.raises(DeadLetterNotFound, match="not a dead-letter topic"):
         dead_letters.parse_id(f"{SUBMIT}:0:12")
     for bad in ("", DEAD_LETTER, f"{DEAD_LETTER}:0", f"{DEAD_LETTER}:x:1", f"{DEAD_LETTER}:0:-1"):
         with pytest.raises(InvalidDeadLetterId):

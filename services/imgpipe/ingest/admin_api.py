@@ -15,19 +15,22 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from imgpipe.ingest.callback_admin import CallbackAdmin, KafkaUnavailable, PolicyKeyError, ReplayRefused
 from imgpipe.ingest.models import (
+    DEAD_LETTER_ID_PATTERN,
     CallbackPolicyBody,
     CallbackPolicyList,
     CallbackPolicyView,
+    DateTimeQuery,
     DeadLetterDetail,
     DeadLetterList,
     DeadLetterReplayRequest,
     DeadLetterReplayView,
     DeadLetterView,
+    ReplayDeadLetterIds,
     ReplayedDeadLetter,
     ReplayRequest,
     ReplayView,
@@ -170,7 +173,9 @@ def admin_router() -> APIRouter:
         reason: Annotated[
             str | None, Query(description="A substring of the reason (case-insensitive).")
         ] = None,
-        since: Annotated[datetime | None, Query(description="RFC 3339: dead-lettered at or after.")] = None,
+        since: Annotated[
+            DateTimeQuery | None, Query(description="RFC 3339: dead-lettered at or after.")
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = deadletters.DEFAULT_LIMIT,
     ) -> DeadLetterList:
         """Dead letters on the dead-letter topic, oldest first, with reason, origin and age: the topic
@@ -191,7 +196,9 @@ def admin_router() -> APIRouter:
         operation_id="get_dead_letter",
         responses=problem_responses(*ADMIN_PROBLEMS),
     )
-    def get_dead_letter(dead_letter_id: str, dead_letters: DeadLettersDep) -> DeadLetterDetail:
+    def get_dead_letter(
+        dead_letter_id: Annotated[str, Path(pattern=DEAD_LETTER_ID_PATTERN)], dead_letters: DeadLettersDep
+    ) -> DeadLetterDetail:
         """One dead letter by id (`<topic>:<partition>:<offset>`), with its headers and payload."""
         with dead_letter_problems():
             return dead_letter_detail(dead_letters.get(dead_letter_id))
@@ -211,7 +218,7 @@ def admin_router() -> APIRouter:
         dead letter, or an entry whose origin is unknown, is a 409 whose `refused` says why for each;
         then nothing is sent. The dead letters stay on their topic."""
         with dead_letter_problems():
-            if body.ids is not None:
+            if isinstance(body, ReplayDeadLetterIds):
                 report = dead_letters.replay_ids(body.ids)
             else:
                 report = dead_letters.replay_selection(

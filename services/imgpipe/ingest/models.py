@@ -401,30 +401,46 @@ class DeadLetterList(BaseModel):
     limit: int
 
 
-class DeadLetterReplayRequest(BaseModel):
-    """Either dead letters by id, or those from one origin topic (narrowed by reason and time)."""
+# `<topic>:<partition>:<offset>`; Kafka topic names are [a-zA-Z0-9._-].
+DEAD_LETTER_ID_PATTERN = r"^[A-Za-z0-9._-]+:[0-9]+:[0-9]+$"
+DeadLetterId = Annotated[str, Field(pattern=DEAD_LETTER_ID_PATTERN, max_length=512)]
+
+
+class ReplayDeadLetterIds(BaseModel):
+    """Dead letters by id."""
 
     model_config = ConfigDict(extra="forbid")
 
-    ids: list[Annotated[str, Field(min_length=1, max_length=512)]] | None = Field(
-        default=None, min_length=1, max_length=1000
-    )
-    origin: str | None = Field(
-        default=None, min_length=1, description="An origin topic's name, or its registry key (tasks-submit)."
-    )
-    reason: str | None = Field(default=None, description="With origin: a substring of the reason.")
-    since: AwareDatetime | None = Field(default=None, description="With origin: dead-lettered at or after.")
-    limit: int = Field(
-        default=100, ge=1, le=1000, description="With origin: at most this many, oldest first."
-    )
+    ids: list[DeadLetterId] = Field(min_length=1, max_length=1000)
 
-    @model_validator(mode="after")
-    def _one_selection(self) -> Self:
-        if (self.ids is None) == (self.origin is None):
-            raise ValueError("give exactly one of ids and origin")
-        if self.ids is not None and (self.reason is not None or self.since is not None):
-            raise ValueError("reason and since narrow origin, not ids")
-        return self
+
+class ReplayDeadLettersFrom(BaseModel):
+    """The dead letters from one origin topic, narrowed by reason and time, oldest first."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    origin: str = Field(
+        min_length=1, description="An origin topic's name, or its registry key (tasks-submit)."
+    )
+    reason: str | None = Field(default=None, description="A substring of the reason.")
+    since: Annotated[AwareDatetime, BeforeValidator(_date_time_text)] | None = Field(
+        default=None, description="Dead-lettered at or after."
+    )
+    limit: StrictInt = Field(default=100, ge=1, le=1000, description="At most this many, oldest first.")
+
+
+def _dead_letter_selection(value: object) -> str:
+    fields = vars(value) if isinstance(value, BaseModel) else value if isinstance(value, dict) else {}
+    return "ids" if "ids" in fields else "origin"
+
+
+if TYPE_CHECKING:
+    DeadLetterReplayRequest = ReplayDeadLetterIds | ReplayDeadLettersFrom
+else:
+    DeadLetterReplayRequest = Annotated[
+        Annotated[ReplayDeadLetterIds, Tag("ids")] | Annotated[ReplayDeadLettersFrom, Tag("origin")],
+        Discriminator(_dead_letter_selection),
+    ]
 
 
 class ReplayedDeadLetter(BaseModel):

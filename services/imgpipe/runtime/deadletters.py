@@ -300,8 +300,8 @@ class DeadLetters:
         partition, _, offset = rest.partition(":")
         if not (_DIGITS.fullmatch(partition) and _DIGITS.fullmatch(offset)):
             raise InvalidDeadLetterId(f"{text!r} is not <topic>:<partition>:<offset>")
-        if topic not in self.topics:
-            raise InvalidDeadLetterId(
+        if topic not in self.topics:  # well formed, but no dead letter can have it
+            raise DeadLetterNotFound(
                 f"{text!r}: {topic!r} is not a dead-letter topic ({', '.join(self.topics)})"
             )
         return topic, int(partition), int(offset)
