@@ -44,7 +44,9 @@ def reference(rgb: np.ndarray, iterations: int = 30) -> np.ndarray:
     seeds[cv2.dilate(cat, kernel) == 0] = cv2.GC_BGD
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     cv2.setRNGSeed(0)
-    cv2.grabCut(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), seeds, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+    cv2.grabCut(
+        cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), seeds, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK
+    )
     mask = np.isin(seeds, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
     # A small opening/closing removes single-pixel specks along the band without moving the edge.
     small = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
