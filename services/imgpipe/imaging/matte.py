@@ -2,13 +2,20 @@
 
 `GrabCutMatter` segments a downscaled copy (GrabCut's cost grows with pixels x iterations, and a
 matte needs far less resolution than the picture), then scales the mask back up and feathers it.
-Its seeds:
-- a border strip (`inset` of each side) is certain background: the subject of a pet photo does not
-  fill the corners;
-- everything inside is "probably foreground", for GrabCut's colour models to sort out;
-- with a detected pet box (`hint`), its core is certain foreground, so the face survives even when
-  its colours resemble the background;
-- pixels that are already transparent in the input stay background.
+Its seeds, with a detected face box (`hint`):
+- the face box's core is certain foreground, so the face survives even when its colours resemble
+  the background;
+- the pet is looked for in the face box grown toward its body (sideways, up for the ears, most of all
+  down): outside that box is certain background;
+- inside it, a pixel starts as "probably foreground" when its colour is one of the face's (within
+  what the face's own pixels spread), else "probably background". GrabCut may flip both. A close-up
+  pet runs out of the frame (chelsea's ears, chest and flank do), so the frame's edge is not taken as
+  background here: colour decides, and GrabCut needs a fair first guess of the background to learn
+  from; seeding only the face, or all of the grown box, as foreground leaves it none;
+- when no colour in the grown box is unlike the face (a pencil sketch is grey everywhere), a border
+  strip (`inset` of each side) becomes certain background, as without a hint.
+Without a hint: the border strip is certain background and everything inside "probably foreground".
+Pixels that are already transparent in the input stay background.
 Only the connected foreground region that contains the hint (or the largest one) is kept, so stray
 background islands that happen to match the fur colour are dropped.
 """
@@ -20,6 +27,7 @@ from typing import Final, Protocol
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 from PIL import Image
 
 from imgpipe.imaging.arrays import U8Array, alpha_array, rgb_array, shrink
@@ -43,7 +51,18 @@ class GrabCutConfig:
     working_size: int = 200  # longer side GrabCut runs at
     inset: float = 0.04  # border strip taken as certain background, fraction of each side
     iterations: int = 3
-    hint_core: float = 0.5  # central fraction of the hint box taken as certain foreground
+    # Central fraction of the hint box taken as certain foreground. Haar boxes are loose: chelsea's
+    # reaches ~70 px into the background beside her cheek, so more than half would seed background.
+    hint_core: float = 0.5
+    # Where the pet may be, in face-box sizes beyond each side of the box: a body is below the face
+    # and often wider than it, the ears stick out above the box.
+    grow_side: float = 1.0
+    grow_up: float = 0.6
+    grow_down: float = 3.0
+    face_colours: int = 8  # k-means clusters of the face core's colours (Lab)
+    # A pixel's colour is the face's if it is as close to a cluster as this percentile of the face's
+    # own pixels; 90-99 give the same chelsea mattes (IoU 0.92-0.99 against the reference).
+    face_colour_percentile: float = 95.0
     feather: float = 0.004  # Gaussian sigma of the edge, as a fraction of the longer side
 
 
@@ -57,7 +76,7 @@ class GrabCutMatter:
         existing_alpha = alpha_array(image)
         small_alpha = None if existing_alpha is None else shrink(existing_alpha, cfg.working_size)[0]
         small_hint = None if hint is None else hint.scaled(scale)
-        seeds = self._seeds(small.shape[:2], small_hint, small_alpha)
+        seeds = self._seeds(small, small_hint, small_alpha)
         background_model = np.zeros((1, 65), np.float64)
         foreground_model = np.zeros((1, 65), np.float64)
         # GrabCut seeds its colour models with k-means on OpenCV's thread-local RNG: a fixed seed makes
@@ -84,16 +103,37 @@ class GrabCutMatter:
         result.putalpha(Image.fromarray(alpha))
         return result
 
-    def _seeds(self, shape: tuple[int, int], hint: Box | None, alpha: U8Array | None) -> U8Array:
-        height, width = shape
-        seeds = np.full(shape, cv2.GC_BGD, np.uint8)
-        dy, dx = max(1, round(height * self.config.inset)), max(1, round(width * self.config.inset))
-        seeds[dy : height - dy, dx : width - dx] = cv2.GC_PR_FGD
-        if hint is not None:
-            core = _shrink_box(hint, self.config.hint_core).clipped((width, height))
-            seeds[core.y : core.bottom, core.x : core.right] = cv2.GC_FGD
+    def _seeds(self, rgb: U8Array, hint: Box | None, alpha: U8Array | None) -> U8Array:
+        cfg = self.config
+        height, width = rgb.shape[:2]
+        dy, dx = max(1, round(height * cfg.inset)), max(1, round(width * cfg.inset))
+        if hint is None:
+            seeds = np.full((height, width), cv2.GC_BGD, np.uint8)
+            seeds[dy : height - dy, dx : width - dx] = cv2.GC_PR_FGD
+        else:
+            seeds = self._pet_seeds(rgb, hint)
+            if not np.isin(seeds, (cv2.GC_BGD, cv2.GC_PR_BGD)).any():
+                # Colour tells nothing apart: the frame's edge is the only background left to assume.
+                border = np.ones((height, width), bool)
+                border[dy : height - dy, dx : width - dx] = False
+                seeds[border & (seeds != cv2.GC_FGD)] = cv2.GC_BGD
         if alpha is not None:
             seeds[alpha < 16] = cv2.GC_BGD
+        return seeds
+
+    def _pet_seeds(self, rgb: U8Array, hint: Box) -> U8Array:
+        cfg = self.config
+        height, width = rgb.shape[:2]
+        core = _shrink_box(hint, cfg.hint_core).clipped((width, height))
+        body = _grow_box(hint, cfg.grow_side, cfg.grow_up, cfg.grow_down).clipped((width, height))
+        seeds = np.full((height, width), cv2.GC_BGD, np.uint8)
+        if core.area == 0:  # a degenerate hint: nothing certain to start from
+            seeds[body.y : body.bottom, body.x : body.right] = cv2.GC_PR_FGD
+            return seeds
+        face_like = _face_coloured(rgb, core, cfg.face_colours, cfg.face_colour_percentile)
+        inside = (slice(body.y, body.bottom), slice(body.x, body.right))
+        seeds[inside] = np.where(face_like[inside], cv2.GC_PR_FGD, cv2.GC_PR_BGD)
+        seeds[core.y : core.bottom, core.x : core.right] = cv2.GC_FGD
         return seeds
 
     def _upscale_and_feather(self, mask: U8Array, size: tuple[int, int]) -> U8Array:
@@ -112,6 +152,33 @@ def _shrink_box(box: Box, fraction: float) -> Box:
     return Box(box.x + (box.width - width) // 2, box.y + (box.height - height) // 2, width, height)
 
 
+def _grow_box(box: Box, side: float, up: float, down: float) -> Box:
+    """`box` extended by the given multiples of its width (each side) and height (up, down)."""
+    x0, x1 = box.x - round(box.width * side), box.right + round(box.width * side)
+    y0, y1 = box.y - round(box.height * up), box.bottom + round(box.height * down)
+    return Box(x0, y0, x1 - x0, y1 - y0)
+
+
+def _face_coloured(rgb: U8Array, core: Box, clusters: int, percentile: float) -> npt.NDArray[np.bool_]:
+    """Pixels whose Lab colour is as near one of the face core's k-means colours as most of the
+    core's own pixels are (the `percentile`-th nearest), smoothed so that fur texture and JPEG noise
+    do not speckle the first guess."""
+    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.float32)
+    samples = lab[core.y : core.bottom, core.x : core.right].reshape(-1, 3)
+    clusters = min(clusters, len(samples))
+    criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 0.5)
+    cv2.setRNGSeed(0)  # k-means starts from OpenCV's RNG: fixed, so the matte is a function of its input
+    labels = np.zeros((len(samples), 1), np.int32)  # an output only: k-means++ picks the start
+    _, _, centres = cv2.kmeans(samples, clusters, labels, criteria, 2, cv2.KMEANS_PP_CENTERS)
+    distance = np.full(lab.shape[:2], np.inf, np.float32)
+    for centre in centres:
+        np.minimum(distance, np.linalg.norm(lab - centre, axis=2), out=distance)
+    limit = float(np.percentile(distance[core.y : core.bottom, core.x : core.right], percentile))
+    smooth = cv2.blur(distance, (5, 5))
+    face_like: npt.NDArray[np.bool_] = smooth <= limit
+    return face_like
+
+
 def _main_region(mask: U8Array, hint: Box | None) -> U8Array:
     """Keep the connected component under the hint's centre (else the largest), holes filled."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
@@ -125,11 +192,11 @@ def _main_region(mask: U8Array, hint: Box | None) -> U8Array:
     if keep == 0:
         keep = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     region = (labels == keep).astype(np.uint8)
-    # Fill holes: flood the background from the border; whatever it cannot reach is inside.
-    outside = np.zeros((mask.shape[0] + 2, mask.shape[1] + 2), np.uint8)
-    flooded = region.copy()
-    cv2.floodFill(flooded, outside, (0, 0), 1)
-    filled: U8Array = region | (1 - flooded)
+    # Fill holes: flood the background from a one-pixel frame around the image (the pet may touch
+    # the corners); whatever the flood cannot reach is inside.
+    flooded = np.pad(region, 1)
+    cv2.floodFill(flooded, np.zeros((flooded.shape[0] + 2, flooded.shape[1] + 2), np.uint8), (0, 0), 1)
+    filled: U8Array = region | (1 - flooded[1:-1, 1:-1])
     return filled
 
 

@@ -1,4 +1,11 @@
-"""matte: remove the background to an RGBA PNG and make the final resize; its artifact is the result."""
+"""matte: remove the background to an RGBA PNG and make the final resize; its artifact is the result.
+
+With the local backends on both sides the outline is found in the normalized original (detect's
+artifact), not in generate's picture, and laid on the latter as its alpha: GrabCut tells the pet from
+the room by colour, which a style repaints (a pencil sketch is grey on white everywhere), while the
+local stylizer moves no pixel. A model server's picture (or matte) keeps only the geometry the
+contract asks for, so the http backends matte what generate made.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +22,10 @@ from imgpipe.v1 import task_pb2
 class MatteWork:
     stage = task_pb2.STAGE_MATTE
 
-    def __init__(self, matter: Matter, shorter_side: int) -> None:
+    def __init__(self, matter: Matter, shorter_side: int, *, outline_from_original: bool = False) -> None:
         self._matter = matter
         self._shorter_side = shorter_side
+        self._outline_from_original = outline_from_original
 
     @classmethod
     def from_settings(cls, settings: StageSettings) -> MatteWork:
@@ -30,11 +38,20 @@ class MatteWork:
             matter = NullMatter()
         else:
             matter = GrabCutMatter()
-        return cls(matter, settings.result_shorter_side)
+        local = settings.matte_backend == "local" and settings.generate_backend == "local"
+        return cls(matter, settings.result_shorter_side, outline_from_original=local)
 
     def run(self, envelope: task_pb2.TaskEnvelope, objects: ObjectStore) -> StageOutput:
         styled = read_artifact(envelope, "generate", objects)
         pet = envelope.pet if envelope.HasField("pet") else None
         hint = None if pet is None else Box(pet.x, pet.y, pet.width, pet.height)
-        cut_out = self._matter.matte(styled, hint=hint).convert("RGBA")
-        return png_output(resize_shorter_side(cut_out, self._shorter_side))
+        source = styled
+        if self._outline_from_original:
+            original = read_artifact(envelope, "detect", objects)
+            source = original if original.size == styled.size else styled
+        cut_out = self._matter.matte(source, hint=hint)
+        if source is not styled:  # the original's outline, generate's pixels
+            alpha = cut_out.getchannel("A")
+            cut_out = styled.convert("RGB")
+            cut_out.putalpha(alpha)
+        return png_output(resize_shorter_side(cut_out.convert("RGBA"), self._shorter_side))
