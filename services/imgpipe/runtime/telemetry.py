@@ -104,13 +104,15 @@ def configure_tracing(service_name: str, exporter: str = "none", trace_file: str
     _configured = True
 
 
-def instrument_fastapi(app: FastAPI) -> None:
+def instrument_fastapi(app: FastAPI, tracer_provider: TracerProvider | None = None) -> None:
     """A SERVER span for every request but the probes', current while the route runs (so what the
-    route writes to the outbox carries it); no spans for the ASGI send/receive events."""
+    route writes to the outbox carries it); no spans for the ASGI send/receive events.
+    `tracer_provider` is for tests; the process's global one otherwise."""
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
     FastAPIInstrumentor.instrument_app(
         app,
+        tracer_provider=tracer_provider,
         # Matched against the request's URL without its query: scheme://host/path.
         excluded_urls=",".join(f"://[^/]*{path}$" for path in UNTRACED_PATHS),
         exclude_spans=["receive", "send"],
@@ -120,6 +122,10 @@ def instrument_fastapi(app: FastAPI) -> None:
 def context_from_headers(headers: Mapping[str, bytes]) -> Context:
     carrier = {name: value.decode("latin-1") for name, value in headers.items()}
     return propagate.extract(carrier)
+
+
+def context_from_traceparent(traceparent: str) -> Context:
+    return propagate.extract({"traceparent": traceparent})
 
 
 def inject_current_context(headers: MutableMapping[str, str | bytes]) -> None:
