@@ -433,6 +433,7 @@ def build_app(settings: CallbackSettings, registry: Registry) -> tuple[faust.App
                         "messaging.system": "kafka",
                         "messaging.destination.name": results.get_topic_name(),
                         "messaging.consumer.group.name": APP_ID,
+                        "messaging.kafka.message.key": result.task_id,
                     },
                 ):
                     traceparent = current_traceparent()
