@@ -67,7 +67,11 @@ def test_an_http_task_is_one_trace_from_the_api_to_its_callback_delivery(
         trace = [span for span in spans if span["trace_id"] in keyed]
         found["trace"] = trace
         sent = any(s["service"] == "callback" and s["kind"] == "CLIENT" for s in trace)
-        return sent and {span["service"] for span in trace} >= TRACED_SERVICES
+        callback_spans = {s["span_id"] for s in trace if s["service"] == "callback"}
+        attempt_projected = any(
+            s["service"] == "ingest-projector" and s["parent_id"] in callback_spans for s in trace
+        )
+        return sent and attempt_projected and {span["service"] for span in trace} >= TRACED_SERVICES
 
     try:
         wait_until(trace_complete, 30, "spans of every service in the task's trace")
@@ -94,6 +98,7 @@ def test_an_http_task_is_one_trace_from_the_api_to_its_callback_delivery(
     assert send["name"] == "POST" and send["attributes"]["http.response.status_code"] == 200
     stages = [service for service in reversed(ancestry(send)) if service != "callback"]
     assert list(dict.fromkeys(stages)) == ["ingest-api", "detect", "generate", "matte"]
-    # The projector writes what the stages reported, each in the stage's span.
+    # The projector writes what the stages and the callback service reported, each in the reporter's span.
     projected = [span for span in trace if span["service"] == "ingest-projector"]
-    assert {by_id[span["parent_id"]]["service"] for span in projected} <= {"detect", "generate", "matte"}
+    reporters = {by_id[span["parent_id"]]["service"] for span in projected}
+    assert reporters == {"detect", "generate", "matte", "callback"}, reporters

@@ -501,19 +501,20 @@ def build_app(settings: CallbackSettings, registry: Registry) -> tuple[faust.App
             queue = settled.queue
             if settled.ended is not None:
                 items = forget(url, settled.ended.delivery)
-                await record(url, settled.ended.delivery, settled.ended.outcome, report, None)
+                await record(url, settled.ended.delivery, items, settled.ended.outcome, report, None)
                 if settled.ended.outcome == callback_pb2.CALLBACK_OUTCOME_FAILED:
                     await dead_letter(url, settled.ended, items)
             elif settled.outcome is not None:
                 retrying = _find(queue, report.webhook_id)
                 if retrying is not None:
-                    await record(url, retrying, settled.outcome, report, settled.next_attempt_at)
+                    items = [item for item in map(peeker(url), retrying.seqs) if item is not None]
+                    await record(url, retrying, items, settled.outcome, report, settled.next_attempt_at)
         peek = peeker(url)
         planned = plan(queue, policy, now, service.sending, peek)
         RATE_LIMITED.inc(planned.rate_limited)
         for ended in planned.ended:
-            forget(url, ended.delivery)
-            await record(url, ended.delivery, ended.outcome, None, None, ended.reason)
+            items = forget(url, ended.delivery)
+            await record(url, ended.delivery, items, ended.outcome, None, None, ended.reason)
         urls[queue_key(url)] = to_json(planned.queue)  # last: see the table's comment
         for delivery in planned.start:
             items = [item for item in map(peek, delivery.seqs) if item is not None]
@@ -524,15 +525,21 @@ def build_app(settings: CallbackSettings, registry: Registry) -> tuple[faust.App
     async def record(
         url: str,
         delivery: Delivery,
+        items: list[Queued],
         outcome: callback_pb2.CallbackOutcome.ValueType,
         report: callback_pb2.DeliveryOutcome | None,
         next_attempt_at: float | None,
         error: str = "",
     ) -> None:
+        """Publish the attempt's event for each task of the delivery, each in its task's trace."""
         if outcome != callback_pb2.CALLBACK_OUTCOME_RETRYING:
             OUTCOMES.labels(_OUTCOME_NAMES[outcome]).inc(len(delivery.task_ids))
+        traces = {item.task_id: item.traceparent for item in items if item.traceparent}
         for key, value in service.attempt_events(url, delivery, outcome, report, next_attempt_at, error):
-            await events.send(key=key, value=value)
+            traceparent = traces.get(key.decode())
+            await events.send(
+                key=key, value=value, headers={"traceparent": traceparent.encode()} if traceparent else None
+            )
 
     async def dead_letter(url: str, ended: Ended, items: list[Queued]) -> None:
         for item in items:
