@@ -84,6 +84,8 @@ PIPELINE_TEST_SETTINGS = {
     "IMGPIPE_CALLBACK_DEFAULT_TIMEOUT_MS": "2000",
     "IMGPIPE_CONSUMER_POLL_SECONDS": "0.1",
     "IMGPIPE_LOG_LEVEL": "INFO",
+    # Every service appends its spans to its own JSON-lines file (LocalPipeline.trace_file): test_tracing.
+    "IMGPIPE_TRACE_EXPORTER": "file",
     # A killed worker's partitions move after the session timeout; keep the kill -9 tests short.
     "IMGPIPE_KAFKA_CLIENT_CONFIG": '{"session.timeout.ms": "6000", "heartbeat.interval.ms": "1000"}',
 }

@@ -30,6 +30,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import faust
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanKind, StatusCode
 from prometheus_client import Counter, Gauge, Histogram
 
 from imgpipe.callback.kafka_auth import faust_credentials
@@ -62,9 +64,11 @@ from imgpipe.runtime.kafka import (
     DEAD_LETTER_REASON_HEADER,
     ORIGIN_TOPIC_HEADER,
 )
+from imgpipe.runtime.telemetry import context_from_headers, context_from_traceparent, current_traceparent
 from imgpipe.v1 import callback_pb2, events_pb2, result_pb2, task_pb2
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
 
 APP_ID = "imgpipe.callback"
 WAKEUP_TICK_SECONDS = 0.05
@@ -203,7 +207,7 @@ class CallbackService:
         assert self._send_slots is not None
         try:
             async with self._send_slots:
-                sent = await self._build_and_send(url, delivery, items, policy)
+                sent = await self._traced_send(url, delivery, items, policy)
             DELIVERIES.labels(_VERDICT_NAMES[sent.verdict]).inc()
             LATENCY.observe(sent.latency_ms / 1000)
             outcome = callback_pb2.DeliveryOutcome(
@@ -224,6 +228,38 @@ class CallbackService:
             log.exception("callback send to %s failed before its outcome was recorded", url)
             self.sending.discard(delivery.webhook_id)
             self.wakeups.schedule(url, time.time() + 1)
+
+    async def _traced_send(
+        self, url: str, delivery: Delivery, items: list[Queued], policy: Policy
+    ) -> SendResult:
+        """The send as a CLIENT span in the trace of the (first) task it tells about, linked to the
+        traces of the other tasks of a batch."""
+        contexts = [context_from_traceparent(item.traceparent) for item in items if item.traceparent]
+        links = [Link(span_context) for span_context in _span_contexts(contexts[1:])]
+        parts = urlsplit(url)
+        attributes: dict[str, str | int] = {
+            "http.request.method": "POST",
+            "url.scheme": parts.scheme,
+            "server.address": parts.hostname or "",
+            "imgpipe.callback.webhook_id": delivery.webhook_id,
+            "imgpipe.callback.attempt": delivery.attempts,
+            "imgpipe.callback.tasks": len(delivery.task_ids),
+        }
+        if parts.port is not None:
+            attributes["server.port"] = parts.port
+        with _tracer.start_as_current_span(
+            "POST",
+            context=contexts[0] if contexts else None,
+            kind=SpanKind.CLIENT,
+            links=links,
+            attributes=attributes,
+        ) as span:
+            sent = await self._build_and_send(url, delivery, items, policy)
+            if sent.status_code:
+                span.set_attribute("http.response.status_code", sent.status_code)
+            if sent.verdict != callback_pb2.DELIVERY_VERDICT_DELIVERED:
+                span.set_status(StatusCode.ERROR, sent.error)
+            return sent
 
     async def _build_and_send(
         self, url: str, delivery: Delivery, items: list[Queued], policy: Policy
@@ -298,6 +334,11 @@ class CallbackService:
             event = events_pb2.TaskEvent(task_id=task_id, callback_attempt=attempt)
             event.occurred_at.GetCurrentTime()
             yield task_id.encode(), event.SerializeToString()
+
+
+def _span_contexts(contexts: Iterable[Any]) -> list[trace.SpanContext]:
+    found = (trace.get_current_span(context).get_span_context() for context in contexts)
+    return [span_context for span_context in found if span_context.is_valid]
 
 
 def _policy(value: bytes | None) -> callback_pb2.CallbackPolicy | None:
@@ -376,15 +417,32 @@ def build_app(settings: CallbackSettings, registry: Registry) -> tuple[faust.App
 
     @app.agent(results)
     async def route(stream: faust.StreamT[bytes]) -> None:
-        async for value in stream:
+        async for event in stream.events():
             try:
-                result = result_pb2.TaskResult.FromString(value)
+                result = result_pb2.TaskResult.FromString(event.value)
             except Exception as exc:  # the projector dead-letters undecodable results
                 log.warning("skipping an undecodable result: %s", exc)
                 continue
             if result.HasField("callback") and result.callback.url:
-                command = callback_pb2.CallbackCommand(result=result)
-                await requests.send(key=result.callback.url.encode(), value=command.SerializeToString())
+                # The task's trace goes on here and rides the request (then the queued item) to the send.
+                with _tracer.start_as_current_span(
+                    f"process {results.get_topic_name()}",
+                    context=context_from_headers(_headers(event.headers)),
+                    kind=SpanKind.CONSUMER,
+                    attributes={
+                        "messaging.system": "kafka",
+                        "messaging.destination.name": results.get_topic_name(),
+                        "messaging.consumer.group.name": APP_ID,
+                        "messaging.kafka.message.key": result.task_id,
+                    },
+                ):
+                    traceparent = current_traceparent()
+                    command = callback_pb2.CallbackCommand(result=result)
+                    await requests.send(
+                        key=result.callback.url.encode(),
+                        value=command.SerializeToString(),
+                        headers={"traceparent": traceparent.encode()} if traceparent else None,
+                    )
 
     @app.agent(requests)
     async def deliver(stream: faust.StreamT[bytes]) -> None:
@@ -406,9 +464,12 @@ def build_app(settings: CallbackSettings, registry: Registry) -> tuple[faust.App
             # Event time, not the clock: handling an event again after a crash then forms the same
             # batches (and so the same webhook-ids) as the first time.
             now = event.message.timestamp or time.time()
-            await handle(url, command, now)
+            traceparent = _headers(event.headers).get("traceparent", b"").decode("latin-1")
+            await handle(url, command, now, traceparent)
 
-    async def handle(url: str, command: callback_pb2.CallbackCommand, now: float) -> None:
+    async def handle(
+        url: str, command: callback_pb2.CallbackCommand, now: float, traceparent: str = ""
+    ) -> None:
         policy = service.policy_for(url)
         queue = from_json(urls.get(queue_key(url)))
         kind = command.WhichOneof("command")
@@ -429,6 +490,7 @@ def build_app(settings: CallbackSettings, registry: Registry) -> tuple[faust.App
                     batched=result.callback.mode == task_pb2.CALLBACK_MODE_BATCHED,
                     queued_at=now,
                     replay_id=command.replay_id,
+                    traceparent=traceparent,
                 )
                 urls[backlog_key(url, seq)] = item_to_json(item)
                 urls[index_key] = seq
@@ -439,19 +501,20 @@ def build_app(settings: CallbackSettings, registry: Registry) -> tuple[faust.App
             queue = settled.queue
             if settled.ended is not None:
                 items = forget(url, settled.ended.delivery)
-                await record(url, settled.ended.delivery, settled.ended.outcome, report, None)
+                await record(url, settled.ended.delivery, items, settled.ended.outcome, report, None)
                 if settled.ended.outcome == callback_pb2.CALLBACK_OUTCOME_FAILED:
                     await dead_letter(url, settled.ended, items)
             elif settled.outcome is not None:
                 retrying = _find(queue, report.webhook_id)
                 if retrying is not None:
-                    await record(url, retrying, settled.outcome, report, settled.next_attempt_at)
+                    items = [item for item in map(peeker(url), retrying.seqs) if item is not None]
+                    await record(url, retrying, items, settled.outcome, report, settled.next_attempt_at)
         peek = peeker(url)
         planned = plan(queue, policy, now, service.sending, peek)
         RATE_LIMITED.inc(planned.rate_limited)
         for ended in planned.ended:
-            forget(url, ended.delivery)
-            await record(url, ended.delivery, ended.outcome, None, None, ended.reason)
+            items = forget(url, ended.delivery)
+            await record(url, ended.delivery, items, ended.outcome, None, None, ended.reason)
         urls[queue_key(url)] = to_json(planned.queue)  # last: see the table's comment
         for delivery in planned.start:
             items = [item for item in map(peek, delivery.seqs) if item is not None]
@@ -462,15 +525,21 @@ def build_app(settings: CallbackSettings, registry: Registry) -> tuple[faust.App
     async def record(
         url: str,
         delivery: Delivery,
+        items: list[Queued],
         outcome: callback_pb2.CallbackOutcome.ValueType,
         report: callback_pb2.DeliveryOutcome | None,
         next_attempt_at: float | None,
         error: str = "",
     ) -> None:
+        """Publish the attempt's event for each task of the delivery, each in its task's trace."""
         if outcome != callback_pb2.CALLBACK_OUTCOME_RETRYING:
             OUTCOMES.labels(_OUTCOME_NAMES[outcome]).inc(len(delivery.task_ids))
+        traces = {item.task_id: item.traceparent for item in items if item.traceparent}
         for key, value in service.attempt_events(url, delivery, outcome, report, next_attempt_at, error):
-            await events.send(key=key, value=value)
+            traceparent = traces.get(key.decode())
+            await events.send(
+                key=key, value=value, headers={"traceparent": traceparent.encode()} if traceparent else None
+            )
 
     async def dead_letter(url: str, ended: Ended, items: list[Queued]) -> None:
         for item in items:
@@ -531,6 +600,16 @@ def build_app(settings: CallbackSettings, registry: Registry) -> tuple[faust.App
         DISABLED_URLS.set(disabled)
 
     return app, service
+
+
+def _headers(headers: Any) -> dict[str, bytes]:
+    """A consumed event's headers as str -> bytes, whatever faust handed over (dict, pairs, None)."""
+    pairs = headers.items() if isinstance(headers, dict) else (headers or ())
+    return {
+        (key.decode("latin-1") if isinstance(key, bytes) else str(key)): value
+        for key, value in pairs
+        if isinstance(value, bytes)
+    }
 
 
 def _find(queue: Any, webhook_id: str) -> Delivery | None:

@@ -16,9 +16,11 @@ def _callback(args: argparse.Namespace) -> int:
     from imgpipe.contracts.registry import default_registry
     from imgpipe.runtime.health import Health
     from imgpipe.runtime.logs import configure_logging
+    from imgpipe.runtime.telemetry import configure_tracing
 
     settings = load_settings(CallbackSettings)
     configure_logging(settings.service_name, settings.log_level, settings.log_format)
+    configure_tracing(settings.service_name, settings.trace_exporter, settings.trace_file)
     app, service = build_app(settings, default_registry())
     health = Health(settings.liveness_stale_seconds)
     health.add_readiness_check("tables_recovered", lambda: service.ready)

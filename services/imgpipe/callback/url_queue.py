@@ -75,6 +75,9 @@ class Queued:
     batched: bool
     queued_at: float
     replay_id: str = ""
+    # W3C trace context the result arrived in, so its delivery continues the task's trace (empty:
+    # none, or an item queued before this field existed).
+    traceparent: str = ""
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,11 @@ def _ingest_api(args: argparse.Namespace) -> int:
     from imgpipe.ingest.wiring import IngestCore
     from imgpipe.ratelimit import KeyedLimiter
     from imgpipe.runtime.logs import configure_logging
-    from imgpipe.runtime.telemetry import configure_tracing
+    from imgpipe.runtime.telemetry import configure_tracing, instrument_fastapi
 
     settings = load_settings(IngestSettings)
     configure_logging(settings.service_name, settings.log_level, settings.log_format)
-    configure_tracing(settings.service_name, settings.trace_exporter)
+    configure_tracing(settings.service_name, settings.trace_exporter, settings.trace_file)
     core = IngestCore.from_settings(settings)
     app = create_app(
         ApiDependencies(
@@ -40,6 +40,7 @@ def _ingest_api(args: argparse.Namespace) -> int:
             dead_letters=core.dead_letters() if settings.admin_token_value() else None,
         )
     )
+    instrument_fastapi(app)
     stop_relay = threading.Event()
     relay = threading.Thread(target=core.outbox_relay(), args=(stop_relay,), name="outbox-relay", daemon=True)
     relay.start()

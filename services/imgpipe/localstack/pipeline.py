@@ -127,12 +127,18 @@ class LocalPipeline:
         allowed = self.state.overrides.get("IMGPIPE_CALLBACK_ALLOW_NETWORKS", "")
         return EgressPolicy.from_settings(allow_networks=allowed).address_allowed(ip_address("127.0.0.1"))
 
+    def trace_file(self, service: str) -> Path:
+        """Where `service` appends its spans when the pipeline runs with IMGPIPE_TRACE_EXPORTER=file."""
+        return self.paths.component_dir("traces") / f"{service}.jsonl"
+
     def environment(self, service: str) -> dict[str, str]:
         """The environment a service runs with: the stack's endpoints and its own ports."""
         port = str(self.state.ports[service])
         env = {
             **self.endpoints.as_env(),
             "IMGPIPE_SERVICE_NAME": service,
+            # Used only under IMGPIPE_TRACE_EXPORTER=file (an override): a file per service.
+            "IMGPIPE_TRACE_FILE": str(self.trace_file(service)),
             "IMGPIPE_S3_PUBLIC_ENDPOINT_URL": self.endpoints.s3_endpoint_url,
             "IMGPIPE_WEBHOOK_SIGNING_KEYS": self.state.signing_key,
             "IMGPIPE_CALLBACK_DATA_DIR": str(self.paths.component_dir("callback")),

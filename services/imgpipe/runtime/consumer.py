@@ -529,6 +529,8 @@ class ConsumeLoop:
             "messaging.consumer.group.name": self._group_id,
             "messaging.kafka.message.offset": record.offset,
         }
+        if record.key_text is not None:
+            span_attributes["messaging.kafka.message.key"] = record.key_text  # the task id
 
         def produce(
             topic: str, key: str | bytes | None, value: bytes | None, headers: Mapping[str, HeaderValue]

@@ -38,7 +38,7 @@ def run_consumer_service(
 ) -> int:
     """Run until SIGTERM or SIGINT, then finish the messages in hand and leave the group."""
     configure_logging(settings.service_name, settings.log_level, settings.log_format)
-    configure_tracing(settings.service_name, settings.trace_exporter)
+    configure_tracing(settings.service_name, settings.trace_exporter, settings.trace_file)
     if routing is None:
         routing = routing_from_registry()
     health = Health(settings.liveness_stale_seconds)

@@ -27,7 +27,9 @@ class RuntimeSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
     # Spans are always made (their ids reach logs and Kafka headers); this chooses where they go.
-    trace_exporter: Literal["none", "console", "otlp"] = "none"
+    trace_exporter: Literal["none", "console", "otlp", "file"] = "none"
+    # Where `file` appends its JSON lines (one per span).
+    trace_file: str | None = None
 
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     # Extra librdkafka settings for managed clusters (SASL, TLS), as a JSON object.
