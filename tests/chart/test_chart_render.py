@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -267,6 +268,26 @@ def test_keda_scales_at_most_to_the_partition_count_by_default() -> None:
     for scaled in render([MINIMAL]).of_kind("ScaledObject"):
         topics = [trigger["metadata"]["topic"] for trigger in scaled["spec"]["triggers"]]
         assert scaled["spec"]["maxReplicaCount"] == max(partitions[topic] for topic in topics)
+
+
+def test_stages_scale_in_the_pod_and_their_cpu_follows_the_workers() -> None:
+    def stage(manifests: Manifests, name: str) -> tuple[dict[str, str], dict[str, Any]]:
+        main = container(manifests.components()[name]["spec"]["template"]["spec"])
+        env = {item["name"]: item.get("value") for item in main["env"]}
+        return env, main["resources"]
+
+    for name in ("detect", "generate", "matte"):
+        env, resources = stage(render([MINIMAL]), name)
+        assert (env["IMGPIPE_STAGE_WORKERS"], env["IMGPIPE_STAGE_MAX_IN_FLIGHT"]) == ("2", "8"), name
+        assert resources["requests"]["cpu"] == resources["limits"]["cpu"] == "2000m", name
+        assert resources["requests"]["memory"] == "512Mi", "the rest of resources stays as given"
+    more = render(
+        [MINIMAL],
+        set_values=[f"components.detect.concurrency.{key}" for key in ("workers=3", "cpuPerWorker=750m")],
+    )
+    env, resources = stage(more, "detect")
+    assert env["IMGPIPE_STAGE_WORKERS"] == "3"
+    assert resources["requests"]["cpu"] == resources["limits"]["cpu"] == "2250m"
 
 
 def test_the_registry_is_read_through_a_symlink_and_packaged(tmp_path: Path) -> None:

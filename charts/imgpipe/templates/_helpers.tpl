@@ -119,6 +119,16 @@ registry and autoscaling checked. Every template ranges over this, so the rules 
 {{- fail (printf "components.%s.autoscaling: an HPA cannot scale to zero (minReplicas >= 1); KEDA can" $name) }}
 {{- end }}
 {{- end }}
+{{- /* A stage's per-pod concurrency becomes its settings, and its CPU follows the worker count. */}}
+{{- with $c.concurrency }}
+{{- $_ := set $c.settings "STAGE_WORKERS" (toString .workers) }}
+{{- $_ := set $c.settings "STAGE_MAX_IN_FLIGHT" (toString .maxInFlight) }}
+{{- $perWorker := toString .cpuPerWorker }}
+{{- $milli := hasSuffix "m" $perWorker | ternary (trimSuffix "m" $perWorker | int) (mulf (float64 $perWorker) 1000 | int) }}
+{{- $cpu := printf "%dm" (mul $milli (int .workers)) }}
+{{- $_ := set $c.resources "requests" (merge (dict "cpu" $cpu) (default dict $c.resources.requests)) }}
+{{- $_ := set $c.resources "limits" (merge (dict "cpu" $cpu) (default dict $c.resources.limits)) }}
+{{- end }}
 {{- if and (ne $scaling.mode "none") (gt (int $scaling.minReplicas) (int $scaling.maxReplicas)) }}
 {{- fail (printf "components.%s.autoscaling: minReplicas %v is above maxReplicas %v" $name $scaling.minReplicas $scaling.maxReplicas) }}
 {{- end }}
