@@ -4,12 +4,14 @@ that follows is the one asserted, and the API keeps answering."""
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from imgpipe.contracts.registry import TopicKey, default_registry
@@ -36,8 +38,7 @@ def core(ingest_settings: IngestSettings, sessions: sessionmaker[Session]) -> In
     return IngestCore.from_settings(ingest_settings)
 
 
-@pytest.fixture
-def client(core: IngestCore) -> Iterator[TestClient]:
+def api_client(core: IngestCore) -> TestClient:
     deps = ApiDependencies(
         settings=core.settings,
         sessions=core.sessions,
@@ -47,8 +48,21 @@ def client(core: IngestCore) -> Iterator[TestClient]:
         limiter=KeyedLimiter(),
         result_topic=core.result_topic,
     )
-    with TestClient(create_app(deps)) as test_client:
+    return TestClient(create_app(deps))
+
+
+@pytest.fixture
+def client(core: IngestCore) -> Iterator[TestClient]:
+    with api_client(core) as test_client:
         yield test_client
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released): a dependency that is down."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
 
 
 def tasks_of(sessions: sessionmaker[Session], tenant: Any) -> int:
@@ -169,6 +183,9 @@ def test_the_kafka_message_key_is_not_an_idempotency_key(
         value = {"prompt": f"style {n}", "image_base64": PNG_1PX, "tenant_id": tenant.id}
         consumer.handle(record(json.dumps(value).encode(), key=b"customer-42", offset=n))
     assert tasks_of(sessions, tenant) == 10
+    # ...and a keyless message redelivered (a crash before its offset was committed) is still one task.
+    consumer.handle(record(json.dumps(value).encode(), key=b"customer-42", offset=9))
+    assert tasks_of(sessions, tenant) == 10
 
 
 def test_unstorable_text_on_the_topic_is_permanent_and_visible_as_a_failed_task(
@@ -192,3 +209,25 @@ def test_every_submit_example_is_accepted_by_the_consumer(
         document["tenant_id"] = tenant.id  # the examples name a tenant this test stack does not have
         consumer.handle(record(json.dumps(document).encode(), offset=offset))
     assert tasks_of(sessions, tenant) == len(examples) > 0
+
+
+def test_a_store_that_is_down_is_a_503_with_retry_after_and_no_task(
+    ingest_settings: IngestSettings, sessions: sessionmaker[Session], tenant: Any
+) -> None:
+    body = {"prompt": "noir", "image_base64": PNG_1PX}
+    s3_down = ingest_settings.model_copy(update={"s3_endpoint_url": f"http://127.0.0.1:{closed_port()}"})
+    with api_client(IngestCore.from_settings(s3_down)) as client:
+        response = client.post("/v1/tasks", json=body, headers=tenant.headers)
+        problem = assert_problem(response, 503, "unavailable")
+        assert response.headers["retry-after"] == "5" and "put" in problem["detail"]
+        assert tasks_of(sessions, tenant) == 0  # the image is stored before the task exists
+        assert client.get("/v1/tasks", headers=tenant.headers).status_code == 200  # the rest still works
+
+    database_down = make_url(ingest_settings.database_url).set(host="127.0.0.1", port=closed_port())
+    postgres_down = ingest_settings.model_copy(
+        update={"database_url": database_down.render_as_string(hide_password=False)}
+    )
+    with api_client(IngestCore.from_settings(postgres_down)) as client:
+        response = client.post("/v1/tasks", json=body, headers=tenant.headers)
+        assert_problem(response, 503, "unavailable")
+        assert response.headers["retry-after"]

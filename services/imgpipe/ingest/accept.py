@@ -156,7 +156,8 @@ class TaskAcceptor:
         task_id: uuid.UUID | None = None,
     ) -> tuple[Task, bool]:
         """Record and queue the task; returns it and whether this call created it. `task_id` is for
-        keyed batches' items without a key; otherwise the id comes from the idempotency key."""
+        keyed batches' items and topic submissions without a key; otherwise the id comes from the
+        idempotency key."""
         self.check_size(new)
         fingerprint = request_fingerprint(new)
         derived_id = task_id is not None or new.idempotency_key is not None

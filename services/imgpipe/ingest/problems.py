@@ -13,6 +13,7 @@ from sqlalchemy.exc import StatementError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
+from imgpipe.runtime.errors import TransientError
 from imgpipe.store import errors as store_errors
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -207,7 +208,14 @@ def install_problem_handlers(app: FastAPI) -> None:
             {"Retry-After": "1"},
         )
 
+    async def on_dependency(request: Request, exc: Exception) -> JSONResponse:
+        # A dependency other than the task store (the object store) failing: the request may succeed later.
+        return problem_response(
+            503, ProblemCode.UNAVAILABLE, str(exc), request.url.path, {"Retry-After": "5"}
+        )
+
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(StatementError, on_database)
+    app.add_exception_handler(TransientError, on_dependency)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)

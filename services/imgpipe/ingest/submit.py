@@ -56,8 +56,10 @@ class SubmitConsumer:
         except (payloads.PayloadError, ValidationError, ValueError) as exc:
             self._reject(record, str(exc))
         new = NewTask.from_submission(task, image_bytes, task.idempotency_key)
+        # Without a key, the message's position names the task: a redelivery makes no second one.
+        task_id = None if task.idempotency_key else position_task_id(record, task.tenant_id)
         try:
-            self._acceptor.accept(task.tenant_id, new)
+            self._acceptor.accept(task.tenant_id, new, task_id=task_id)
         except (ImageTooLarge, UnknownTenant, IdempotencyConflict) as exc:
             self._reject(record, str(exc))
         except StatementError as exc:
@@ -70,10 +72,7 @@ class SubmitConsumer:
         identity = _identity(self._document(record))
         if identity is not None:
             tenant_id, idempotency_key, prompt = identity
-            # From the message's position: a redelivery of the same message records no second task.
-            fallback_id = uuid.uuid5(
-                IDEMPOTENCY_NAMESPACE, f"{record.topic}\x00{record.partition}\x00{record.offset}"
-            )
+            fallback_id = position_task_id(record, tenant_id)
             fingerprint = "rejected:" + hashlib.sha256(record.value or b"").hexdigest()[:55]
             recorded = self._acceptor.record_rejected(
                 tenant_id, idempotency_key, prompt, make_storable(reason[:2000]), fallback_id, fingerprint
@@ -94,6 +93,13 @@ class SubmitConsumer:
             return json.loads(value)
         except (UnicodeDecodeError, json.JSONDecodeError):
             return None
+
+
+def position_task_id(record: Record, tenant_id: str) -> uuid.UUID:
+    """The id of a keyless submission: from the message's position, so a redelivery names the same task;
+    and the tenant, since a position is reused when a topic is recreated."""
+    position = f"{record.topic}\x00{record.partition}\x00{record.offset}"
+    return uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{tenant_id}\x00{position}")
 
 
 def _identity(document: Any) -> tuple[str, str | None, str] | None:
