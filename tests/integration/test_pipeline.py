@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import functools
 import io
+import json
+import subprocess
+import sys
 import uuid
 from collections.abc import Sequence
 from ipaddress import ip_address
@@ -22,7 +25,13 @@ from imgpipe.client import ApiClient, TaskRequest, TopicSubmitter
 from imgpipe.contracts.registry import TopicKey, default_registry
 from imgpipe.demo import run_demo
 from imgpipe.ingest.accept import task_id_for
-from imgpipe.localstack.pipeline import DEMO_TENANT, LOOPBACK_NETWORKS, LocalPipeline, egress_overrides
+from imgpipe.localstack.pipeline import (
+    DEMO_TENANT,
+    LOOPBACK_NETWORKS,
+    SERVICES,
+    LocalPipeline,
+    egress_overrides,
+)
 from imgpipe.localstack.waiting import wait_until
 from imgpipe.netguard import EgressPolicy
 from imgpipe.runtime.kafka import DEAD_LETTER_REASON_HEADER, ORIGIN_TOPIC_HEADER, Received
@@ -248,6 +257,15 @@ def test_the_demo_ends_with_a_verified_callback_at_its_local_receiver(
     assert run_demo(pipeline.stack_name) == 0
     out = capsys.readouterr().out
     assert "callback: POST http://127.0.0.1:" in out and "signature verified" in out, out
+
+
+def test_pipeline_status_speaks_json_for_scripts(pipeline: LocalPipeline) -> None:
+    argv = [sys.executable, "-m", "imgpipe.cli", "pipeline", "status", "--name", pipeline.stack_name]
+    argv.append("--json")
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    status = json.loads(result.stdout)
+    assert (result.returncode, status["ready"]) == (0, True)
+    assert set(status["services"]) == set(SERVICES) and set(status["services"].values()) == {"ready"}
 
 
 def test_the_egress_allow_lists_the_local_pipeline_takes() -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import boto3
 import pytest
@@ -124,6 +126,24 @@ def test_doctor_reports_every_dependency_healthy(stack: Endpoints, stack_name: s
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert [line.split()[:2] for line in lines] == [["ok", "kafka"], ["ok", "postgres"], ["ok", "s3"]]
+
+
+def test_doctor_and_stack_status_speak_json_for_scripts(stack: Endpoints, stack_name: str) -> None:
+    def run(*command: str) -> tuple[int, dict[str, Any]]:
+        argv = [sys.executable, "-m", "imgpipe.cli", *command, "--name", stack_name, "--json"]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+        return result.returncode, json.loads(result.stdout)
+
+    code, doctor = run("doctor")
+    assert (code, doctor["healthy"]) == (0, True)
+    assert [check["dependency"] for check in doctor["checks"]] == ["kafka", "postgres", "s3"]
+    code, status = run("stack", "status")
+    assert (code, status["running"]) == (0, True)
+    assert {c["component"]: c["state"] for c in status["components"]} == {
+        "kafka": "running",
+        "postgres": "running",
+        "minio": "running",
+    }
 
 
 def test_endpoints_carry_every_service_variable(stack: Endpoints) -> None:

@@ -7,6 +7,8 @@ the clients they pull in (boto3, SQLAlchemy, librdkafka) take a second to import
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import os
 import sys
@@ -63,6 +65,9 @@ def _status(args: argparse.Namespace) -> int:
     from imgpipe.localstack.stack import stack_status
 
     status = stack_status(args.name)
+    if args.json:
+        _print_json({**dataclasses.asdict(status), "running": status.running})
+        return 0 if status.running else 1
     print(f"stack {status.name} ({status.root})")
     for component in status.components:
         pid = f"pid {component.pid}" if component.pid else ""
@@ -86,6 +91,11 @@ def _doctor(args: argparse.Namespace) -> int:
     from imgpipe.localstack.doctor import run_doctor
 
     checks = run_doctor(args.name, os.environ)
+    if args.json:
+        _print_json(
+            {"healthy": all(c.healthy for c in checks), "checks": [dataclasses.asdict(c) for c in checks]}
+        )
+        return 0 if all(check.healthy for check in checks) else 1
     for check in checks:
         print(check.line())
     return 0 if all(check.healthy for check in checks) else 1
@@ -119,6 +129,9 @@ def _pipeline_status(args: argparse.Namespace) -> int:
     from imgpipe.localstack.pipeline import LocalPipeline
 
     status = LocalPipeline.of_stack(args.name).status()
+    if args.json:
+        _print_json({"ready": all(s == "ready" for s in status.values()), "services": status})
+        return 0 if all(state == "ready" for state in status.values()) else 1
     for service, state in status.items():
         print(f"{service:<18} {state}")
     return 0 if all(state == "ready" for state in status.values()) else 1
@@ -128,6 +141,14 @@ def _demo(args: argparse.Namespace) -> int:
     from imgpipe.demo import run_demo
 
     return run_demo(args.name, timeout=args.timeout)
+
+
+def _print_json(document: object) -> None:
+    print(json.dumps(document, indent=2))
+
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON (same exit status)")
 
 
 def _handler(function: HandlerFunction) -> HandlerFunction:
@@ -167,6 +188,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         parser = actions.add_parser(action, help=help_text, description=help_text)
         if action != "install":
             _add_name(parser)
+        if action == "status":
+            _add_json(parser)
         parser.set_defaults(handler=_handler(function))
     pipeline = subparsers.add_parser(
         "pipeline", help="imgpipe's own services as processes on the local stack"
@@ -183,6 +206,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     ):
         parser = pipeline_actions.add_parser(action, help=help_text, description=help_text)
         _add_name(parser)
+        if action == "status":
+            _add_json(parser)
         parser.set_defaults(handler=_handler(function))
         if action == "up":
             parser.add_argument(
@@ -206,4 +231,5 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     doctor = subparsers.add_parser("doctor", help="version, endpoint and health of Kafka, Postgres and S3")
     _add_name(doctor)
+    _add_json(doctor)
     doctor.set_defaults(handler=_handler(_doctor))
