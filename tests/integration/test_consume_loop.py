@@ -16,6 +16,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from imgpipe.localstack.waiting import wait_until
+from imgpipe.runtime.brake import DeadLetterBrakeTripped
 from imgpipe.runtime.consumer import ConsumeLoop, FailureRouting, RetryTier
 from imgpipe.runtime.errors import PoisonMessage, TransientError
 from imgpipe.runtime.kafka import (
@@ -387,3 +388,34 @@ def test_sigterm_with_every_slot_taken_drains_them_all_and_loses_nothing(
         assert second.wait(timeout=60) == 0
     everything = read_topic(stack.kafka_bootstrap_servers, topics.out, lambda seen: len(seen) >= 8)
     assert _sorted_values(everything) == sorted(v for _, v in sent)  # each exactly once
+
+
+@pytest.mark.parametrize("max_in_flight", [1, 4])
+def test_the_dead_letter_brake_stops_a_consumer_that_rejects_everything(
+    stack: Any, topics: Topics, max_in_flight: int
+) -> None:
+    def reject_everything(record: Record) -> list[Forward]:  # a bad deploy
+        raise PoisonMessage("cannot decode")
+
+    produce(stack.kafka_bootstrap_servers, topics.source, [(b"k", b"%d" % n) for n in range(40)], partition=0)
+    settings = RuntimeSettings(
+        kafka_bootstrap_servers=stack.kafka_bootstrap_servers,
+        consumer_poll_seconds=0.1,
+        dead_letter_max_consecutive=5,
+    )
+    loop = ConsumeLoop(
+        settings=settings,
+        group_id=topics.group,
+        topics=[topics.source],
+        handler=reject_everything,
+        producer=build_producer(settings, "test"),
+        routing=topics.routing(1.0),
+        max_in_flight=max_in_flight,
+    )
+    with pytest.raises(DeadLetterBrakeTripped, match="5 messages in a row were dead-lettered"):
+        loop.run()  # returns only by the brake (or the test's timeout)
+
+    dead = read_topic(stack.kafka_bootstrap_servers, topics.dead_letter, lambda seen: len(seen) >= 5)
+    assert 5 <= len(dead) <= 5 + max_in_flight  # what was in hand when it tripped, not the topic
+    # Only dead-lettered messages count as done: the rest waits on its topic for the fix.
+    assert _committed(stack, topics).offset <= len(dead) < 40

@@ -38,6 +38,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Gauge, Histogram
 
+from imgpipe.runtime.brake import DeadLetterBrake
 from imgpipe.runtime.errors import PoisonMessage, TransientError
 from imgpipe.runtime.health import Health
 from imgpipe.runtime.kafka import (
@@ -124,6 +125,10 @@ class _Outcome(Enum):
     SKIPPED = "skipped"  # a retry-tier copy meant for another group
     REPLAY_SKIPPED = "replay_skipped"  # finished by the partition's previous owner (commit metadata)
     HELD = "held"  # a retry-tier copy not due yet: its partition is paused and rewound
+
+
+# What the consumer really handled: the dead-letter brake's share is of these.
+_HANDLED = frozenset({_Outcome.OK, _Outcome.RETRY_SCHEDULED, _Outcome.DEAD_LETTERED})
 
 
 @dataclass
@@ -216,6 +221,12 @@ class ConsumeLoop:
         self._before_commit = before_commit
         self._max_in_flight = max_in_flight
         self._failed_batches = 0
+        self._brake = DeadLetterBrake(
+            group_id,
+            max_ratio=settings.dead_letter_max_ratio or None,
+            max_consecutive=settings.dead_letter_max_consecutive or None,
+            window=settings.dead_letter_window,
+        )
         self._tier_topics = {tier.topic for tier in routing.retry_tiers}
         self._stop = threading.Event()
         self._joined = threading.Event()
@@ -316,6 +327,7 @@ class ConsumeLoop:
                 progress.held.add(partition)
                 continue
             MESSAGES.labels(self._group_id, received.topic, outcome.value).inc()
+            self._count(outcome)  # may stop the loop: this batch's offsets are then not stored
             progress.next_offset[partition] = received.offset + 1
 
         if self._complete_batch():
@@ -429,6 +441,7 @@ class ConsumeLoop:
             else:
                 assert isinstance(state, _Outcome)
                 MESSAGES.labels(self._group_id, slot.message.topic, state.value).inc()
+                self._count(state)  # may stop the loop before this offset counts as finished
                 window = self._windows.get(slot.key)
                 if window is not None:
                     window.finish(slot.message.offset)
@@ -436,6 +449,10 @@ class ConsumeLoop:
             self._slots = still_open
             IN_FLIGHT.labels(self._group_id).set(len(self._slots))
         self._store_commit_points()
+
+    def _count(self, outcome: _Outcome) -> None:
+        if outcome in _HANDLED:
+            self._brake.record(outcome is _Outcome.DEAD_LETTERED)
 
     def _store_commit_points(self, keys: Iterable[tuple[str, int]] | None = None) -> list[TopicPartition]:
         offsets = []

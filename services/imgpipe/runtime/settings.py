@@ -52,6 +52,12 @@ class RuntimeSettings(BaseSettings):
     consumer_poll_seconds: float = Field(default=0.5, gt=0)
     # How long delivery of one batch's forwards may take before the batch is handed back.
     producer_flush_seconds: float = Field(default=30.0, gt=0)
+    # The dead-letter brake (runtime/brake.py): a consumer stops when more than this share of the last
+    # `dead_letter_window` messages it handled, or this many in a row, were dead-lettered (Sentry's
+    # 1% / 1,000). 0 turns a limit off.
+    dead_letter_max_ratio: float = Field(default=0.01, ge=0, le=1)
+    dead_letter_max_consecutive: int = Field(default=1000, ge=0)
+    dead_letter_window: int = Field(default=1000, ge=1, le=1_000_000)
 
 
 SettingsT = TypeVar("SettingsT", bound=RuntimeSettings)
