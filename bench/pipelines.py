@@ -139,6 +139,14 @@ def run_workload(system: System, workload: Workload, image: bytes, progress: Pro
     }
 
 
+def warm_up(system: System, image: bytes, tasks: int) -> None:
+    """Some unmeasured tasks through a system just started: its consumers joined their groups, its
+    pool processes loaded their stages and its connections are open before a run is timed."""
+    ids = [system.submit(index, image) for index in range(tasks)]
+    system.flush()
+    system.completions(ids, timeout=600.0)
+
+
 # -- the compute bound ---------------------------------------------------------------------------
 
 

@@ -59,6 +59,7 @@ PROFILED_SERVICE = "detect"  # the stage that bounds imgpipe's throughput (see d
 # The parts of a run, in the order their records are written (bench-targets reads the first
 # local-cpu records, so they stay first).
 PARTS = (*pipelines.WORKLOADS, "callbacks", "ingest")
+WARM_UP_TASKS = 8  # unmeasured tasks through each system started for a run (remote-model, null)
 
 
 def parts(value: str) -> list[str]:
