@@ -113,8 +113,8 @@ def _remote_model_table(records: list[Mapping[str, Any]]) -> list[str]:
         "",
         f"A burst of {_workload(records[0]).removeprefix('burst of ')} tasks; every model call holds one of "
         f"{server.get('slots')} slots per model for {server.get('service_time_seconds')} s and burns no CPU,",
-        f"so the bound is {bound:g} tasks/s. Requests in flight per process and model server "
-        f"(IMGPIPE_MODEL_MAX_CONCURRENCY): {records[0].get('model_max_concurrency')} in both systems.",
+        f"so the bound is {bound:g} tasks/s. Requests in flight per process and model server",
+        f"(IMGPIPE_MODEL_MAX_CONCURRENCY): {records[0].get('model_max_concurrency')} in both systems. "
         "*The best of the Celery threads sweep.",
         "",
         "| system | tasks/s | share of bound | p50 s | p95 s | p99 s | CPU s/task | n |",
