@@ -59,7 +59,7 @@ test: setup lint chart-check  ## lint, the chart checks, then every other test (
 # `make bench ONLY=remote-model` (or a comma-separated list of local-cpu, remote-model, null, callbacks,
 # ingest) runs those parts alone and keeps the other parts' records in docs/bench/results.json.
 ONLY ?=
-bench: setup  ## every benchmark in one run (about 60 min; ONLY=part,... for some): writes docs/bench/ and the tables in docs/benchmarks.md
+bench: setup  ## every benchmark in one run (about 70 min; ONLY=part,... for some): writes docs/bench/ and the tables in docs/benchmarks.md
 	$(VENV)/bin/python -m bench.suite $(if $(ONLY),--only $(ONLY))
 
 test-unit: $(VENV)/.synced  ## fast tests only
