@@ -123,6 +123,7 @@ def main() -> None:
     # The remote-model Celery configurations: the old default, a threads pool as many as the model
     # client's default cap, and the sweep for the best Celery can do.
     remote_celery = [("prefork", cores), ("threads", 4), *(("threads", n) for n in args.remote_sweep)]
+    remote_celery = list(dict.fromkeys(remote_celery))  # a sweep naming 4 again: one configuration
     image = photo_jpeg()
     args.out.mkdir(parents=True, exist_ok=True)
     command = "make bench" if len(sys.argv) == 1 else " ".join(["python -m bench.suite", *sys.argv[1:]])
@@ -144,8 +145,8 @@ def main() -> None:
     whole_imgpipe = lambda: [*pipeline_pids(STACK)(), *stack_pids(STACK)()]  # noqa: E731
     try:
         with Progress(steps, "starting", unit="task") as progress, tempfile.TemporaryDirectory() as work:
-            pipeline.up()
             if "local-cpu" in only:
+                pipeline.up()  # the default settings (the other parts start the services with theirs)
                 baseline = CeleryBaseline(Path(work) / "celery", endpoints.database_url)
                 baseline.start()
                 compute = pipelines.ComputeBound()
