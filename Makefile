@@ -56,8 +56,11 @@ doctor:  ## version, endpoint and health of each dependency
 test: setup lint chart-check  ## lint, the chart checks, then every other test (unit and integration, on a private test stack)
 	$(PYTEST) -m "not chart"
 
-bench: setup  ## every benchmark in one run (about 40 min): writes docs/bench/ and the tables in docs/benchmarks.md
-	$(VENV)/bin/python -m bench.suite
+# `make bench ONLY=remote-model` (or a comma-separated list of local-cpu, remote-model, null, callbacks,
+# ingest) runs those parts alone and keeps the other parts' records in docs/bench/results.json.
+ONLY ?=
+bench: setup  ## every benchmark in one run (about 70 min; ONLY=part,... for some): writes docs/bench/ and the tables in docs/benchmarks.md
+	$(VENV)/bin/python -m bench.suite $(if $(ONLY),--only $(ONLY))
 
 test-unit: $(VENV)/.synced  ## fast tests only
 	$(PYTEST) -m unit

@@ -11,20 +11,34 @@ the compute bound the pool's processes.
 
 imgpipe's tasks go in over the Kafka submit topic, as the baseline's go straight onto its Redis queue:
 neither goes through an HTTP API here (bench/ingest.py measures that door).
+
+Three workloads (a record's `workload`), each with the stages on other model backends:
+
+- local-cpu: the stages' CPU algorithms in process (the default backends);
+- remote-model: the HTTP backends against a simulated model server (ModelServer: each call holds
+  one of `slots` for `service_time` seconds and burns no CPU), so the bound is
+  slots / service_time tasks/s (every stage makes one call per task, each model has its own slots);
+- null: no model work at all (backends/null.py), so CPU per task is the platform's own cost.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+import httpx
+
 from bench.measure import ProcessSampler, Progress, latency_summary, throughput
+from imgpipe.localstack.waiting import wait_until
 from imgpipe.objects import ObjectStore
 from imgpipe.stages.detect import DetectWork
 from imgpipe.stages.generate import GenerateWork
@@ -34,6 +48,25 @@ from imgpipe.stages.settings import StageSettings
 from imgpipe.v1 import task_pb2
 
 PROMPTS = ("a watercolor painting", "pencil sketch", "cartoon", "vintage sepia photo", "pop art")
+WORKLOADS = ("local-cpu", "remote-model", "null")  # a record's `workload`: the stages' model backends
+STAGE_BACKENDS = ("IMGPIPE_DETECT_BACKEND", "IMGPIPE_GENERATE_BACKEND", "IMGPIPE_MATTE_BACKEND")
+STAGE_URLS = ("IMGPIPE_DETECT_URL", "IMGPIPE_GENERATE_URL", "IMGPIPE_MATTE_URL")
+# remote-model: requests in flight per process and model server (ResilientHttpClient's semaphore),
+# the same for both systems and above the server's slots, so the server, not the client, bounds.
+MODEL_MAX_CONCURRENCY = 16
+# remote-model: messages each imgpipe stage handles at once (threads), as many as it may send.
+REMOTE_STAGE_MAX_IN_FLIGHT = 16
+
+
+def remote_model_settings(url: str) -> dict[str, str]:
+    """Stage settings (both systems) for the HTTP backends against the model server at `url`."""
+    settings = {name: "http" for name in STAGE_BACKENDS} | {name: url for name in STAGE_URLS}
+    return settings | {"IMGPIPE_MODEL_MAX_CONCURRENCY": str(MODEL_MAX_CONCURRENCY)}
+
+
+def null_settings() -> dict[str, str]:
+    """Stage settings (both systems) for the null backends: no model work."""
+    return {name: "null" for name in STAGE_BACKENDS}
 
 
 @dataclass(frozen=True)
@@ -41,6 +74,7 @@ class Workload:
     scenario: str  # "burst" or "steady"
     tasks: int
     rate_per_second: float | None = None  # steady only
+    workload: str = "local-cpu"  # one of WORKLOADS
 
     def arrival_offsets(self) -> list[float]:
         """Seconds after the start at which each task is submitted."""
@@ -90,7 +124,9 @@ def run_workload(system: System, workload: Workload, image: bytes, progress: Pro
     last = max(done for _, done in ended.values())
     return {
         "kind": "pipeline",
+        "workload": workload.workload,
         "system": system.name,
+        "config": getattr(system, "config", None),
         "scenario": workload.scenario,
         "tasks": workload.tasks,
         "rate_per_second": workload.rate_per_second,
@@ -101,6 +137,14 @@ def run_workload(system: System, workload: Workload, image: bytes, progress: Pro
         "peak_rss_mib": sampler.peak_rss_bytes / 2**20,
         "cpu_seconds_by_process": sampler.cpu_seconds_by_name(),
     }
+
+
+def warm_up(system: System, image: bytes, tasks: int) -> None:
+    """Some unmeasured tasks through a system just started: its consumers joined their groups, its
+    pool processes loaded their stages and its connections are open before a run is timed."""
+    ids = [system.submit(index, image) for index in range(tasks)]
+    system.flush()
+    system.completions(ids, timeout=600.0)
 
 
 # -- the compute bound ---------------------------------------------------------------------------
@@ -195,7 +239,8 @@ class Imgpipe:
 
     name = "imgpipe"
 
-    def __init__(self, pipeline: Any, pids: Callable[[], Iterable[int]]) -> None:
+    def __init__(self, pipeline: Any, pids: Callable[[], Iterable[int]], config: str | None = None) -> None:
+        """`config`: how the services were started, for the record (e.g. their max in flight)."""
         from imgpipe.client import ApiClient, TopicSubmitter
         from imgpipe.contracts.registry import TopicKey, default_registry
         from imgpipe.localstack.pipeline import DEMO_TENANT
@@ -207,6 +252,7 @@ class Imgpipe:
             DEMO_TENANT,
         )
         self._pids = pids
+        self.config = config
 
     def pids(self) -> Iterable[int]:
         return self._pids()
@@ -243,6 +289,7 @@ class Celery:
     def __init__(self, baseline: Any, postgres_pids: Callable[[], Iterable[int]]) -> None:
         self._baseline = baseline
         self._postgres_pids = postgres_pids
+        self.config = f"{baseline.pool} x {baseline.concurrency}"
 
     def pids(self) -> list[int]:
         return [*self._baseline.pids(), *self._postgres_pids()]
@@ -257,3 +304,118 @@ class Celery:
     def completions(self, ids: Sequence[str], timeout: float) -> dict[str, tuple[str, float]]:
         outcomes = self._baseline.wait(list(ids), timeout)
         return {task_id: (done.state, done.completed_at.timestamp()) for task_id, done in outcomes.items()}
+
+
+# -- the simulated model server (remote-model) ---------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class ModelServer:
+    """`imgpipe model-server --simulate` on a free loopback port: every model call holds one of the
+    model's `slots` for `service_time` seconds and answers real protocol responses."""
+
+    def __init__(self, log_path: Any, service_time: float = 0.25, slots: int = 4) -> None:
+        self.service_time = service_time
+        self.slots = slots
+        self.port = _free_port()
+        self._log_path = log_path
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def bound_tasks_per_second(self) -> float:
+        """Each stage's model serves slots / service_time calls/s, and a task makes one per stage."""
+        return self.slots / self.service_time
+
+    def facts(self) -> dict[str, Any]:
+        return {"simulated": True, "service_time_seconds": self.service_time, "slots": self.slots}
+
+    def start(self) -> None:
+        argv = [sys.executable, "-m", "imgpipe.cli", "model-server", "--simulate"]
+        argv += [
+            "--service-time",
+            str(self.service_time),
+            "--slots",
+            str(self.slots),
+            "--port",
+            str(self.port),
+        ]
+        with open(self._log_path, "ab") as log:
+            self._process = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
+        wait_until(self._ready, 60.0, f"the model server on {self.url}")
+
+    def _ready(self) -> bool:
+        assert self._process is not None
+        if self._process.poll() is not None:
+            raise RuntimeError(f"the model server exited while starting; see {self._log_path}")
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+
+    def __enter__(self) -> ModelServer:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+# -- the baseline started for one run (remote-model, null) ----------------------------------------
+
+
+class CeleryRun:
+    """A Celery baseline configuration started for each run and stopped after it, so several
+    configurations (pools, concurrencies) take turns without idling beside each other."""
+
+    def __init__(
+        self,
+        workdir: Any,
+        database_url: str,
+        postgres_pids: Callable[[], Iterable[int]],
+        pool: str,
+        concurrency: int,
+        settings: Mapping[str, str],
+    ) -> None:
+        self._args = (workdir, database_url, postgres_pids)
+        self.pool = pool
+        self.concurrency = concurrency
+        self.settings = dict(settings)
+        self.config = f"{pool} x {concurrency}"
+        self.name = Celery.name
+
+    def start(self) -> Celery:
+        from bench.baselines.celery_redis.harness import CeleryBaseline
+
+        workdir, database_url, postgres_pids = self._args
+        self._baseline = CeleryBaseline(
+            workdir / f"celery-{self.pool}-{self.concurrency}",
+            database_url,
+            concurrency=self.concurrency,
+            pool=self.pool,
+            settings=self.settings,
+        )
+        self._baseline.start()
+        return Celery(self._baseline, postgres_pids)
+
+    def stop(self) -> None:
+        self._baseline.stop()

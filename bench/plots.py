@@ -5,8 +5,10 @@
 Without arguments it reads every docs/bench/*.json. It draws what the records hold, each plot only
 when there are records for it (error bars: the stdev over repetitions):
 
-- throughput.png: tasks/s by system, steady and burst scenarios       (kind "pipeline")
-- latency.png:    latency p50/p95/p99 by system, one panel per scenario (kind "pipeline")
+- throughput.png: tasks/s by system, steady and burst scenarios       (kind "pipeline", local-cpu)
+- latency.png:    latency p50/p95/p99 by system, one panel per scenario (kind "pipeline", local-cpu)
+- remote-model.png: tasks/s by system and configuration, with the bound (workload "remote-model")
+- null-cpu.png:   CPU seconds per task of each whole system            (workload "null")
 - callbacks.png:  callbacks/s by URL count, per system and mode       (kind "callbacks")
 - ingest.png:     accepted submits/s by front door, per system        (kind "ingest")
 """
@@ -97,12 +99,40 @@ def grouped_bars(
     ax.set_axisbelow(True)
 
 
-def _latest(records: Iterable[Mapping[str, Any]], **match: Any) -> Mapping[str, Any] | None:
+def workload_of(record: Mapping[str, Any]) -> str:
+    """A pipeline record's workload; records from before workloads were all local-cpu."""
+    return str(record.get("workload") or "local-cpu")
+
+
+def pipeline_records(records: Iterable[Mapping[str, Any]], workload: str) -> list[Mapping[str, Any]]:
+    return [r for r in records if r.get("kind") == "pipeline" and workload_of(r) == workload]
+
+
+def _latest(
+    records: Iterable[Mapping[str, Any]], workload: str | None = None, **match: Any
+) -> Mapping[str, Any] | None:
+    """The last record matching every `match` (and, for pipeline records, of `workload`)."""
     chosen = None
     for record in records:
+        if workload is not None and record.get("kind") == "pipeline" and workload_of(record) != workload:
+            continue
         if all(record.get(key) == value for key, value in match.items()):
             chosen = record
     return chosen
+
+
+def _label(record: Mapping[str, Any]) -> str:
+    config = record.get("config")
+    return f"{record['system']}\n{config}" if config else str(record["system"])
+
+
+def _by_label(records: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """The last record of each system and configuration, in system order."""
+    order = {name: i for i, name in enumerate(systems(records))}
+    latest: dict[str, Mapping[str, Any]] = {}
+    for record in records:
+        latest[_label(record)] = record
+    return dict(sorted(latest.items(), key=lambda item: order[str(item[1].get("system", "?"))]))
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -114,14 +144,14 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def plot_throughput(records: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
-    pipeline = [r for r in records if r.get("kind") == "pipeline"]
+    pipeline = pipeline_records(records, "local-cpu")
     scenarios = [s for s in SCENARIOS if any(r.get("scenario") == s for r in pipeline)]
     if not scenarios:
         return None
     names = systems(pipeline)
     series = {
         name: [
-            metric(_latest(pipeline, system=name, scenario=scenario), "tasks_per_second")
+            metric(_latest(pipeline, "local-cpu", system=name, scenario=scenario), "tasks_per_second")
             for scenario in scenarios
         ]
         for name in names
@@ -135,7 +165,7 @@ def plot_throughput(records: Sequence[Mapping[str, Any]], path: Path) -> Path | 
 
 
 def plot_latency(records: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
-    pipeline = [r for r in records if r.get("kind") == "pipeline"]
+    pipeline = pipeline_records(records, "local-cpu")
     scenarios = [s for s in SCENARIOS if any(r.get("scenario") == s for r in pipeline)]
     if not scenarios:
         return None
@@ -144,7 +174,7 @@ def plot_latency(records: Sequence[Mapping[str, Any]], path: Path) -> Path | Non
     for ax, scenario in zip(axes[0], scenarios, strict=True):
         series = {
             name: [
-                metric(_latest(pipeline, system=name, scenario=scenario), "latency_seconds", p)
+                metric(_latest(pipeline, "local-cpu", system=name, scenario=scenario), "latency_seconds", p)
                 for p in PERCENTILES
             ]
             for name in names
@@ -153,6 +183,36 @@ def plot_latency(records: Sequence[Mapping[str, Any]], path: Path) -> Path | Non
         ax.set_title(f"{scenario}: task latency")
         ax.set_ylabel("seconds")
         ax.legend()
+    return _save(fig, path)
+
+
+def plot_remote_model(records: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
+    chosen = _by_label(pipeline_records(records, "remote-model"))
+    if not chosen:
+        return None
+    labels = list(chosen)
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(labels)), 4))
+    grouped_bars(ax, labels, {"tasks/s": [metric(r, "tasks_per_second") for r in chosen.values()]})
+    bound = next((r.get("bound_tasks_per_second") for r in chosen.values()), None)
+    if isinstance(bound, int | float):
+        ax.axhline(bound, color="black", linestyle="--", linewidth=1, label=f"bound {bound:g}/s")
+    ax.tick_params(axis="x", labelsize=7)
+    ax.set_ylabel("tasks/s")
+    ax.set_title("Remote model (simulated server): throughput of a burst")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_null_cpu(records: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
+    chosen = _by_label(pipeline_records(records, "null"))
+    if not chosen:
+        return None
+    labels = list(chosen)
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(labels)), 4))
+    grouped_bars(ax, labels, {"CPU s/task": [metric(r, "cpu_seconds_per_task") for r in chosen.values()]})
+    ax.tick_params(axis="x", labelsize=8)
+    ax.set_ylabel("CPU seconds per task (whole system)")
+    ax.set_title("Null backends: the platform's own CPU per task")
     return _save(fig, path)
 
 
@@ -218,6 +278,8 @@ def plot_ingest(records: Sequence[Mapping[str, Any]], path: Path) -> Path | None
 PLOTS = {
     "throughput.png": plot_throughput,
     "latency.png": plot_latency,
+    "remote-model.png": plot_remote_model,
+    "null-cpu.png": plot_null_cpu,
     "callbacks.png": plot_callbacks,
     "ingest.png": plot_ingest,
 }

@@ -49,7 +49,8 @@ def render(document: Mapping[str, Any], results_path: Path, doc_dir: Path) -> st
         "| system | workload | tasks/s | p50 s | p95 s | p99 s | CPU s/task | peak RSS MiB | n |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    pipeline = [r for r in records if r.get("kind") == "pipeline"]
+    everything = [r for r in records if r.get("kind") == "pipeline"]
+    pipeline = [r for r in everything if r.get("workload", "local-cpu") == "local-cpu"]
     for record in sorted(pipeline, key=lambda r: (r["scenario"], _order(r["system"]))):
         latency = record["latency_seconds"]
         lines.append(
@@ -80,6 +81,8 @@ def render(document: Mapping[str, Any], results_path: Path, doc_dir: Path) -> st
             throughput = _paired_ratio(mine, theirs, "tasks_per_second")
             p99 = _paired_ratio(mine, theirs, "latency_seconds", "p99")
             lines.append(f"| {_workload(mine)} | {other} | {throughput} | {p99} |")
+    lines += _remote_model_table([r for r in everything if r.get("workload") == "remote-model"])
+    lines += _null_table([r for r in everything if r.get("workload") == "null"])
     lines += _callback_table([r for r in records if r.get("kind") == "callbacks"])
     lines += _ingest_table([r for r in records if r.get("kind") == "ingest"])
     plots = sorted(p.name for p in results_path.parent.glob("*.png"))
@@ -87,6 +90,86 @@ def render(document: Mapping[str, Any], results_path: Path, doc_dir: Path) -> st
         lines += ["", "### Plots", ""]
         lines += [f"![{name}](bench/{name})" for name in plots]
     return "\n".join(lines) + "\n"
+
+
+def label(record: Mapping[str, Any]) -> str:
+    """A pipeline record's system and configuration, e.g. `celery-redis (threads x 16)`."""
+    config = record.get("config")
+    return f"{record['system']} ({config})" if config else str(record["system"])
+
+
+def _ordered(records: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return sorted(records, key=lambda r: _order(r["system"]))  # stable: configurations as run
+
+
+def _remote_model_table(records: list[Mapping[str, Any]]) -> list[str]:
+    if not records:
+        return []
+    bound = float(records[0]["bound_tasks_per_second"])
+    server = records[0].get("model_server", {})
+    lines = [
+        "",
+        "### Remote model: the stages' HTTP backends against a simulated model server",
+        "",
+        f"A burst of {_workload(records[0]).removeprefix('burst of ')} tasks; every model call holds one of "
+        f"{server.get('slots')} slots per model for {server.get('service_time_seconds')} s and burns no CPU,",
+        f"so the bound is {bound:g} tasks/s. Requests in flight per process and model server",
+        f"(IMGPIPE_MODEL_MAX_CONCURRENCY): {records[0].get('model_max_concurrency')} in both systems. "
+        "*The best of the Celery threads sweep.",
+        "",
+        "| system | tasks/s | share of bound | p50 s | p95 s | p99 s | CPU s/task | n |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for record in _ordered(records):
+        latency = record["latency_seconds"]
+        share = mean_and_stdev(record["tasks_per_second"])[0] / bound if bound else 0.0
+        star = "*" if record.get("best_celery") else ""
+        cells = [
+            label(record) + star,
+            _pm(record["tasks_per_second"], 2),
+            f"{share:.0%}",
+            _pm(latency["p50"], 1),
+            _pm(latency["p95"], 1),
+            _pm(latency["p99"], 1),
+            _pm(record["cpu_seconds_per_task"], 3),
+            _n(record["tasks_per_second"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _null_table(records: list[Mapping[str, Any]]) -> list[str]:
+    if not records:
+        return []
+    lines = [
+        "",
+        "### Null backends: the platform's own CPU per task",
+        "",
+        f"A burst of {_workload(records[0]).removeprefix('burst of ')} tasks with no model work. CPU is "
+        "every process of the system: imgpipe's services, Kafka, Postgres and MinIO; the baseline's worker",
+        "and pool, redis-server, the callback sender and Postgres (it keeps images on the filesystem).",
+        "",
+        "| system | CPU s/task | tasks/s | p99 s | peak RSS MiB | largest CPU shares | n |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for record in _ordered(records):
+        by_process = record.get("cpu_seconds_by_process") or {}
+        means = {name: mean_and_stdev(value)[0] for name, value in by_process.items()}
+        total = sum(means.values()) or 1.0
+        top = ", ".join(
+            f"{name} {v / total:.0%}" for name, v in sorted(means.items(), key=lambda kv: -kv[1])[:3]
+        )
+        cells = [
+            label(record),
+            _pm(record["cpu_seconds_per_task"], 3),
+            _pm(record["tasks_per_second"], 2),
+            _pm(record["latency_seconds"]["p99"], 1),
+            _pm(record["peak_rss_mib"], 0),
+            top or "-",
+            _n(record["tasks_per_second"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def _callback_table(records: list[Mapping[str, Any]]) -> list[str]:

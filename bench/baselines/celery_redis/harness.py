@@ -6,9 +6,11 @@
         baseline.pids()                                         # for CPU and memory accounting
 
 Processes (each in its own session, stopped whole by stop()): redis-server; one Celery worker,
-prefork pool with one process per core; one callback sender (the scheduler). Images and artifacts
-live under workdir/objects, logs under workdir/logs. Task rows go to imgpipe's own `tasks` table
-(migrated to head by start()) under the tenant `celery-baseline`.
+by default a prefork pool with one process per core (`pool="threads"`: one process running
+`concurrency` tasks at once in threads, for stages that wait on a model server); one callback
+sender (the scheduler). Images and artifacts live under workdir/objects, logs under workdir/logs.
+Task rows go to imgpipe's own `tasks` table (migrated to head by start()) under the tenant
+`celery-baseline`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import signal
 import socket
 import sys
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from importlib.metadata import version
@@ -36,7 +39,16 @@ from imgpipe.store.models import TERMINAL_STATES, Task
 
 from . import records
 from .objects import FileObjects
-from .protocol import BROKER_URL_ENV, DATABASE_URL_ENV, OBJECTS_DIR_ENV, STAGES, original_key, stage_task
+from .protocol import (
+    BROKER_URL_ENV,
+    DATABASE_URL_ENV,
+    DB_POOL_SIZE_ENV,
+    OBJECTS_DIR_ENV,
+    POOLS,
+    STAGES,
+    original_key,
+    stage_task,
+)
 from .redis_server import RedisServer
 
 READY_TIMEOUT_SECONDS: Final = 120.0  # the worker imports OpenCV & co.: slow on a busy machine
@@ -57,10 +69,22 @@ class TaskOutcome:
 
 
 class CeleryBaseline:
-    def __init__(self, workdir: Path, database_url: str, concurrency: int | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        database_url: str,
+        concurrency: int | None = None,
+        pool: str = "prefork",
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
+        """`settings`: extra environment of the worker (IMGPIPE_* stage settings, e.g. the backends)."""
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, not {pool!r}")
         self.workdir = workdir
         self.database_url = database_url
         self.concurrency = concurrency or len(os.sched_getaffinity(0))  # the old default: one per core
+        self.pool = pool
+        self.settings = dict(settings or {})
         self.objects = FileObjects(workdir / "objects")
         self._engine: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
@@ -91,14 +115,17 @@ class CeleryBaseline:
         self._redis = RedisServer.start(self.workdir / "redis")
         broker = self._redis.url
         env = {
+            **self.settings,
             BROKER_URL_ENV: broker,
             DATABASE_URL_ENV: self.database_url,
             OBJECTS_DIR_ENV: str(self.objects.root),
+            # A prefork process runs one task at a time; a threads pool runs `concurrency` at once.
+            DB_POOL_SIZE_ENV: str(self.concurrency if self.pool == "threads" else 1),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(_REPO_DIR), os.environ.get("PYTHONPATH")])),
         }
         self._hostname = f"baseline-{self._redis.port}@{socket.gethostname()}"
         worker = [sys.executable, "-m", "celery", "-A", "bench.baselines.celery_redis.tasks", "worker"]
-        worker += ["--pool", "prefork", "--concurrency", str(self.concurrency), "--hostname", self._hostname]
+        worker += ["--pool", self.pool, "--concurrency", str(self.concurrency), "--hostname", self._hostname]
         spec = ProcessSpec(argv=(*worker, "--loglevel", "INFO"), env=env)
         self._worker = spawn(spec, logs / "worker.log", run / "worker.pid")
         sender = [sys.executable, "-m", "bench.baselines.celery_redis.sender", "--redis-url", broker]
@@ -206,5 +233,5 @@ class CeleryBaseline:
             "celery": version("celery"),
             "kombu": version("kombu"),
             "redis_py": version("redis"),
-            "pool": f"prefork x {self.concurrency}",
+            "pool": f"{self.pool} x {self.concurrency}",
         }

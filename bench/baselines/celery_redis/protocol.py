@@ -9,6 +9,9 @@ from imgpipe.objects import artifact_key
 BROKER_URL_ENV: Final = "CELERY_BASELINE_BROKER_URL"
 DATABASE_URL_ENV: Final = "CELERY_BASELINE_DATABASE_URL"
 OBJECTS_DIR_ENV: Final = "CELERY_BASELINE_OBJECTS_DIR"
+# Database connections each worker process keeps: one per task it runs at once (threads: the concurrency).
+DB_POOL_SIZE_ENV: Final = "CELERY_BASELINE_DB_POOL_SIZE"
+POOLS: Final = ("prefork", "threads")
 
 STAGES: Final = ("detect", "generate", "matte")
 DELIVER_CALLBACK_TASK: Final = "baseline.deliver_callback"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -44,6 +45,7 @@ from .objects import FileObjects
 from .protocol import (
     BROKER_URL_ENV,
     DATABASE_URL_ENV,
+    DB_POOL_SIZE_ENV,
     DELIVER_CALLBACK_TASK,
     OBJECTS_DIR_ENV,
     envelope_key,
@@ -94,7 +96,11 @@ class _Process:
     def from_env(cls) -> _Process:
         settings = StageSettings()
         return cls(
-            sessions=make_sessions(make_engine(os.environ[DATABASE_URL_ENV], pool_size=1)),
+            sessions=make_sessions(
+                make_engine(
+                    os.environ[DATABASE_URL_ENV], pool_size=int(os.environ.get(DB_POOL_SIZE_ENV, "1"))
+                )
+            ),
             objects=FileObjects(Path(os.environ[OBJECTS_DIR_ENV])),
             redis=redis.Redis.from_url(os.environ[BROKER_URL_ENV]),
             http=httpx.Client(timeout=sender.REQUEST_TIMEOUT_SECONDS),
@@ -107,6 +113,7 @@ class _Process:
 
 
 _process: _Process | None = None
+_process_lock = threading.Lock()  # the threads pool's first tasks build _process at once
 
 
 @worker_process_init.connect
@@ -119,7 +126,9 @@ def _load_in_pool_process(**_: Any) -> None:
 def _here() -> _Process:
     global _process
     if _process is None:  # a pool without worker_process_init (solo, threads)
-        _process = _Process.from_env()
+        with _process_lock:
+            if _process is None:
+                _process = _Process.from_env()
     return _process
 
 
