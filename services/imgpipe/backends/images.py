@@ -18,8 +18,9 @@ from imgpipe.imaging.validate import encode_png, load_image
 
 
 def png_bytes(image: Image.Image) -> bytes:
-    """Lossless request body: PNG, mode kept (RGB, or RGBA with the input's alpha)."""
-    return encode_png(image)
+    """Lossless request body: PNG, mode kept (RGB, or RGBA with the input's alpha), at zlib's fastest
+    level (read once, by the server: see stages/images.py)."""
+    return encode_png(image, compress_level=1)
 
 
 def b64_png(image: Image.Image) -> str:

@@ -13,7 +13,7 @@ from imgpipe.backends.null import NullMatter
 from imgpipe.imaging.detect import Box
 from imgpipe.imaging.matte import GrabCutMatter, Matter, resize_shorter_side
 from imgpipe.objects import ObjectStore
-from imgpipe.stages.images import png_output, read_artifact
+from imgpipe.stages.images import RESULT_PNG_LEVEL, png_output, read_artifact
 from imgpipe.stages.runner import StageOutput
 from imgpipe.stages.settings import StageSettings
 from imgpipe.v1 import task_pb2
@@ -54,4 +54,5 @@ class MatteWork:
             alpha = cut_out.getchannel("A")
             cut_out = styled.convert("RGB")
             cut_out.putalpha(alpha)
-        return png_output(resize_shorter_side(cut_out.convert("RGBA"), self._shorter_side))
+        result = resize_shorter_side(cut_out.convert("RGBA"), self._shorter_side)
+        return png_output(result, compress_level=RESULT_PNG_LEVEL)
