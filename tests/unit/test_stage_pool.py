@@ -198,3 +198,15 @@ def test_a_worker_that_dies_is_a_transient_failure_and_the_pool_is_rebuilt(pool:
     with pytest.raises(TransientError, match="worker died"):
         pool.run(task_pb2.TaskEnvelope(task_id="t", prompt="die"), objects)
     assert pool.run(task_pb2.TaskEnvelope(task_id="t", prompt="again"), objects).data == b"again"
+
+
+def test_closing_a_pool_that_is_still_starting_leaves_no_worker_behind() -> None:
+    pooled = PooledWork(task_pb2.STAGE_DETECT, _fake_work, StageSettings(), workers=2)
+    processes = list(pooled._executor._processes.values())
+    assert len(processes) == 2
+
+    pooled.close(grace_seconds=0.5)
+
+    assert not any(process.is_alive() for process in processes)
+    with pytest.raises(TransientError, match="shut down"):
+        pooled.run(task_pb2.TaskEnvelope(task_id="t", prompt="late"), ObjectStore(StageSettings()))

@@ -212,12 +212,22 @@ class PooledWork:
             self._executor = self._start()
         broken.shutdown(wait=False, cancel_futures=True)
 
-    def close(self) -> None:
-        """Stop the workers; called after the consume loop drained what was in flight."""
+    def close(self, grace_seconds: float = 2.0) -> None:
+        """Stop the workers; called after the consume loop drained what was in flight, so none has a
+        task. A worker still starting up (a SIGTERM right after start) gets `grace_seconds`, then is
+        killed rather than waited for."""
         with self._lock:
             self._closed = True
             executor = self._executor
-        executor.shutdown(wait=True, cancel_futures=True)
+        processes = list((executor._processes or {}).values())
+        executor.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + grace_seconds
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join(5.0)
+        executor.shutdown(wait=True)
 
 
 def _log_warm_failure(future: Future[int]) -> None:
