@@ -9,7 +9,7 @@ certificate, a name that does not exist).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from imgpipe.imaging.errors import ErrorCode, PipelineError
 
@@ -39,6 +39,22 @@ class FetchFailed(PipelineError):
         super().__init__(message, retryable=retryable)
         self.status = status
         self.headers: Mapping[str, str] = headers if headers is not None else {}
+
+    def __reduce__(
+        self,
+    ) -> tuple[Callable[..., FetchFailed], tuple[type[FetchFailed], str, bool, int | None, dict[str, str]]]:
+        # `retryable` is keyword-only and required, so default pickling (cls(message)) would fail; a
+        # stage pool worker sends its errors to the parent by pickle.
+        return (
+            _rebuild_fetch_failed,
+            (type(self), self.message, self.retryable, self.status, dict(self.headers)),
+        )
+
+
+def _rebuild_fetch_failed(
+    cls: type[FetchFailed], message: str, retryable: bool, status: int | None, headers: dict[str, str]
+) -> FetchFailed:
+    return cls(message, retryable=retryable, status=status, headers=headers)
 
 
 class ResponseTooLarge(PipelineError):

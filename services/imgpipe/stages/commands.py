@@ -28,7 +28,7 @@ def _detect(args: argparse.Namespace) -> int:
     from imgpipe.stages.service import run_stage
 
     settings = _settings("detect")
-    return run_stage(settings, DetectWork.from_settings(settings))
+    return run_stage(settings, DetectWork.stage, DetectWork.from_settings)
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -36,7 +36,7 @@ def _generate(args: argparse.Namespace) -> int:
     from imgpipe.stages.service import run_stage
 
     settings = _settings("generate")
-    return run_stage(settings, GenerateWork.from_settings(settings))
+    return run_stage(settings, GenerateWork.stage, GenerateWork.from_settings)
 
 
 def _matte(args: argparse.Namespace) -> int:
@@ -44,7 +44,7 @@ def _matte(args: argparse.Namespace) -> int:
     from imgpipe.stages.service import run_stage
 
     settings = _settings("matte")
-    return run_stage(settings, MatteWork.from_settings(settings))
+    return run_stage(settings, MatteWork.stage, MatteWork.from_settings)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

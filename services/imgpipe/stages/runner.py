@@ -62,6 +62,11 @@ class TaskFailed(Exception):
         super().__init__(message)
         self.code = code
 
+    def __reduce__(self) -> tuple[type[TaskFailed], tuple[str, str]]:
+        # Default pickling would call TaskFailed(message) (args holds only the message); a stage pool
+        # worker sends it to the parent by pickle.
+        return (type(self), (self.code, str(self)))
+
 
 @dataclass(frozen=True)
 class StageOutput:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from imgpipe.contracts.payloads import stage_name
 from imgpipe.contracts.registry import TopicKey, default_registry
 from imgpipe.objects import ObjectStore
 from imgpipe.runtime.kafka import build_producer
 from imgpipe.runtime.service import routing_from_registry, run_consumer_service
+from imgpipe.stages.pool import PooledWork, WorkFactory, resolve_workers
 from imgpipe.stages.runner import StageRunner, StageTopics, StageWork
 from imgpipe.stages.settings import StageSettings
 from imgpipe.stages.terminal import TerminalTasks
@@ -20,11 +23,32 @@ _TOPICS: dict[task_pb2.Stage.ValueType, tuple[TopicKey, TopicKey | None]] = {
 }
 
 
-def run_stage(settings: StageSettings, work: StageWork) -> int:
-    name = stage_name(work.stage)
+def _backend(settings: StageSettings, stage: task_pb2.Stage.ValueType) -> str:
+    return {
+        task_pb2.STAGE_DETECT: settings.detect_backend,
+        task_pb2.STAGE_GENERATE: settings.generate_backend,
+        task_pb2.STAGE_MATTE: settings.matte_backend,
+    }[stage]
+
+
+def run_stage(settings: StageSettings, stage: task_pb2.Stage.ValueType, factory: WorkFactory) -> int:
+    """Run one stage until SIGTERM. Its own backend "local" (CPU-bound) with more than one worker:
+    the work runs in a process pool and the loop keeps at least a message per worker in flight;
+    otherwise it runs in process, `stage_max_in_flight` calls at once (threads, for HTTP backends)."""
+    name = stage_name(stage)
     registry = default_registry()
     routing = routing_from_registry()
-    input_key, next_key = _TOPICS[work.stage]
+    input_key, next_key = _TOPICS[stage]
+    workers = resolve_workers(settings.stage_workers) if _backend(settings, stage) == "local" else 1
+    work: StageWork
+    shutdown: list[Callable[[], None]] = []
+    max_in_flight = settings.stage_max_in_flight
+    if workers > 1:
+        pool = PooledWork(stage, factory, settings, workers)
+        work, max_in_flight = pool, max(max_in_flight, workers)
+        shutdown.append(pool.close)
+    else:
+        work = factory(settings)
     objects = ObjectStore(settings)
     terminal = TerminalTasks(settings, registry.name(TopicKey.RESULT), settings.terminal_lookback_seconds)
     runner = StageRunner(
@@ -50,6 +74,7 @@ def run_stage(settings: StageSettings, work: StageWork) -> int:
             "object_store": objects.is_reachable,
         },
         background=[terminal.run],
-        on_shutdown=[runner.close],
-        max_in_flight=settings.stage_max_in_flight,
+        # The loop has drained what was in flight before these run: the pool has nothing left to do.
+        on_shutdown=[runner.close, *shutdown],
+        max_in_flight=max_in_flight,
     )

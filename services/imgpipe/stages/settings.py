@@ -17,8 +17,11 @@ class StageSettings(RuntimeSettings):
     # Few messages per batch: each takes CPU seconds, and offsets are stored per batch.
     consumer_batch_size: int = Field(default=8, ge=1, le=10_000)
     # Messages handled at once per process (threads; runtime/consumer.py keeps offsets in order). For
-    # the HTTP backends, whose calls wait on a model server; the local CPU backends stay at 1 for now.
+    # the HTTP backends, whose calls wait on a model server.
     stage_max_in_flight: int = Field(default=1, ge=1, le=256)
+    # Worker processes for a stage whose own backend is "local" (CPU-bound; stages/pool.py). None: the
+    # CPUs this process may use (affinity, capped by a cgroup quota). 1: the work runs in process.
+    stage_workers: int | None = Field(default=None, ge=1, le=256)
 
     # Stages skip tasks that ended (canceled, timed out) within this window; longer than any task lives.
     terminal_lookback_seconds: float = Field(default=3600.0, gt=0)
