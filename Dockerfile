@@ -11,6 +11,12 @@
 ARG BASE_IMAGE=python:3.11.14-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
+# Where the build machine reaches PyPI through a TLS-intercepting proxy, `make image` mounts the
+# machine's CA bundle over the base's for the RUN steps and names it in these (pip and uv bring CA
+# roots of their own otherwise); unset in a plain build. Build arguments of this stage only: the
+# final image has the base's bundle and neither variable.
+ARG SSL_CERT_FILE
+ARG PIP_CERT
 # The same uv as the Makefile (UV_VERSION), from PyPI, in a venv of its own (Debian's Python has no
 # pip; the slim base's would do, but this works with both).
 ARG UV_VERSION=0.13.8

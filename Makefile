@@ -81,12 +81,19 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
 IMAGE ?= localhost/imgpipe:$(VERSION)
 LOCAL_BASE_IMAGE := localhost/imgpipe-base:bookworm-py3.11
 BASE_IMAGE ?= $(LOCAL_BASE_IMAGE)
-PODMAN_RUN := podman run --rm --runtime runc --ulimit nofile=1024:1024 --ulimit nproc=1024:1024
+# The CA bundle pip and uv trust during the build (this machine's egress proxy has its own CA): mounted
+# read-only over the base's own bundle for the RUN steps only, so no layer keeps it (nor a mount
+# point). BUILD_CA_BUNDLE= builds without it.
+BUILD_CA_BUNDLE ?= $(SSL_CERT_FILE)
+IMAGE_CA_BUNDLE := /etc/ssl/certs/ca-certificates.crt
+BUILD_CA_ARGS := $(if $(BUILD_CA_BUNDLE),--volume $(abspath $(BUILD_CA_BUNDLE)):$(IMAGE_CA_BUNDLE):ro \
+	--build-arg SSL_CERT_FILE=$(IMAGE_CA_BUNDLE) --build-arg PIP_CERT=$(IMAGE_CA_BUNDLE))
+PODMAN_RUN := podman run --rm --no-healthcheck --runtime runc --ulimit nofile=1024:1024 --ulimit nproc=1024:1024
 
 image:  ## build the production image with podman (BASE_IMAGE=python:3.11.14-slim-bookworm: the public base)
 	$(if $(filter $(LOCAL_BASE_IMAGE),$(BASE_IMAGE)),tools/image-base.sh $(BASE_IMAGE))
-	podman build --runtime runc --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
-		--build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) -f Dockerfile .
+	podman build --format docker --runtime runc --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
+		--build-arg BASE_IMAGE=$(BASE_IMAGE) $(BUILD_CA_ARGS) -t $(IMAGE) -f Dockerfile .
 	@podman image inspect --format 'built {{index .RepoTags 0}}: {{.Size}} bytes' $(IMAGE)
 
 # What the chart relies on, checked in the built image: a numeric non-root user on a read-only root
