@@ -23,6 +23,11 @@ revision=1
 key=$(printf '%s\n' "$suite" "$packages" "$revision" | sha256sum | cut -c1-12)
 tarball="$cache/rootfs-$suite-$key.tar"
 
+for tool in podman debootstrap; do
+    command -v "$tool" > /dev/null || { echo "$tool is missing: apt-get install -y podman buildah runc debootstrap" >&2; exit 1; }
+done
+[[ $(id -u) == 0 ]] || { echo "tools/image-base.sh needs root (debootstrap, podman's root storage)" >&2; exit 1; }
+
 if podman image exists "$image"; then
     echo "base $image: already in podman's storage"
     exit 0
