@@ -12,7 +12,7 @@ IMGPIPE := $(VENV)/bin/imgpipe
 PYTEST := $(VENV)/bin/pytest
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
-.PHONY: help setup up demo down status doctor test bench test-unit test-integration chart-check lint format openapi proto proto-check proto-breaking clean
+.PHONY: help setup up demo down status doctor test bench test-unit test-integration chart-check image image-check lint format openapi proto proto-check proto-breaking clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -73,6 +73,44 @@ test-integration: setup  ## tests against the real local stack
 chart-check: $(VENV)/.synced  ## helm lint/template, Kubernetes schemas, checkov, skaffold schema, chart-code contracts
 	$(VENV)/bin/python -m imgpipe.deploytools.toolchain
 	$(PYTEST) -m chart
+
+# The production image, built with podman (as root: `--runtime runc`, since crun fails on this host's
+# hybrid cgroups). The Dockerfile's default base is the pinned public python:3.11.14-slim-bookworm;
+# this machine reaches no container registry, so BASE_IMAGE defaults to a local Debian bookworm base
+# that tools/image-base.sh makes with debootstrap (cold about 2 min, cached under .cache/image-base/).
+# A real build: `make image BASE_IMAGE=python:3.11.14-slim-bookworm` (or docker build / skaffold,
+# which leave the build argument at its default). See docs/deploy.md, "The image".
+VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
+IMAGE ?= localhost/imgpipe:$(VERSION)
+LOCAL_BASE_IMAGE := localhost/imgpipe-base:bookworm-py3.11
+BASE_IMAGE ?= $(LOCAL_BASE_IMAGE)
+# The CA bundle pip and uv trust during the build (this machine's egress proxy has its own CA): mounted
+# read-only over the base's own bundle for the RUN steps only, so no layer keeps it (nor a mount
+# point). BUILD_CA_BUNDLE= builds without it.
+BUILD_CA_BUNDLE ?= $(SSL_CERT_FILE)
+IMAGE_CA_BUNDLE := /etc/ssl/certs/ca-certificates.crt
+BUILD_CA_ARGS := $(if $(BUILD_CA_BUNDLE),--volume $(abspath $(BUILD_CA_BUNDLE)):$(IMAGE_CA_BUNDLE):ro \
+	--build-arg SSL_CERT_FILE=$(IMAGE_CA_BUNDLE) --build-arg PIP_CERT=$(IMAGE_CA_BUNDLE))
+PODMAN_RUN := podman run --rm --no-healthcheck --runtime runc --ulimit nofile=1024:1024 --ulimit nproc=1024:1024
+
+image:  ## build the production image with podman (BASE_IMAGE=python:3.11.14-slim-bookworm: the public base)
+	$(if $(filter $(LOCAL_BASE_IMAGE),$(BASE_IMAGE)),tools/image-base.sh $(BASE_IMAGE))
+	podman build --format docker --runtime runc --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
+		--build-arg BASE_IMAGE=$(BASE_IMAGE) $(BUILD_CA_ARGS) -t $(IMAGE) -f Dockerfile .
+	@podman image inspect --format 'built {{index .RepoTags 0}}: {{.Size}} bytes' $(IMAGE)
+
+# What the chart relies on, checked in the built image: a numeric non-root user on a read-only root
+# filesystem, `imgpipe` as entrypoint, no dev or bench dependency installed.
+image-check:  ## run the built image read-only as its user: --version, --help, the uid, no dev/bench packages
+	$(PODMAN_RUN) --read-only --user 10001:10001 $(IMAGE) --version
+	$(PODMAN_RUN) --read-only --user 10001:10001 $(IMAGE) --help > /dev/null
+	test "$$($(PODMAN_RUN) --read-only --entrypoint id $(IMAGE) -u)" = 10001
+	$(PODMAN_RUN) --read-only --entrypoint python $(IMAGE) -c 'import imgpipe.cli, cv2, faust, confluent_kafka'
+	for module in pytest ruff mypy schemathesis celery redis matplotlib psutil; do \
+		if $(PODMAN_RUN) --read-only --entrypoint python $(IMAGE) -c "import $$module" 2> /dev/null; then \
+			echo "image-check: $$module is installed in $(IMAGE)"; exit 1; fi; \
+	done
+	@echo "image-check: $(IMAGE) is fine"
 
 lint: $(VENV)/.synced  ## ruff, mypy and generated-code staleness
 	$(VENV)/bin/ruff check services tests bench

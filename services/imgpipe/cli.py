@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from importlib import metadata
 
 from imgpipe.callback import commands as callback_commands
 from imgpipe.contracts import commands as contract_commands
@@ -18,6 +19,8 @@ from imgpipe.modelserver import server as model_server
 from imgpipe.runtime import commands as runtime_commands
 from imgpipe.runtime.settings import SettingsError
 from imgpipe.stages import commands as stage_commands
+
+DISTRIBUTION = "imgpipe"  # pyproject.toml's [project] name
 
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
@@ -32,8 +35,17 @@ REGISTRARS: tuple[Registrar, ...] = (
 )
 
 
+def version() -> str:
+    """The installed distribution's version (the wheel in the image, the editable install here)."""
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgpipe", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in REGISTRARS:
         register(subparsers)
