@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -22,6 +24,10 @@ def make_sessions(engine: Engine) -> sessionmaker[Session]:
 
 
 def alembic_config(database_url: str) -> Config:
+    # alembic is imported here, not at the top: only `db upgrade` needs it, and every service that
+    # opens the store would pay its ~0.8 s import at start-up.
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     # '%' is ConfigParser's interpolation character; URL-encoded passwords contain it.
@@ -31,4 +37,6 @@ def alembic_config(database_url: str) -> Config:
 
 def upgrade(database_url: str, revision: str = "head") -> None:
     """Apply migrations up to `revision` (idempotent; what the Helm migration Job runs)."""
+    from alembic import command
+
     command.upgrade(alembic_config(database_url), revision)
