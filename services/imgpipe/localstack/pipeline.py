@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 # The subcommands `make up` runs, in start order (the API last: it is what clients wait for).
 SERVICES = ("ingest-projector", "ingest-submit", "detect", "generate", "matte", "callback", "ingest-api")
+# The ones that open the task store, so start only after the migration; the stages and the callback
+# service need Kafka's topics alone.
+STORE_SERVICES = frozenset({"ingest-projector", "ingest-submit", "ingest-api"})
 DEMO_TENANT = "demo"
 READY_TIMEOUT = 90.0
 STOP_GRACE = 20.0
@@ -163,14 +166,21 @@ class LocalPipeline:
                     self.stop(service)
             ports = assign_ports(SERVICES, self.state.ports, keep=[s for s in SERVICES if self.is_running(s)])
             self._save(ports=ports, overrides=overrides)
-            self._imgpipe("db", "upgrade")
-            self._imgpipe("topics", "apply")
+            # The migration and the topics go at once (one waits on Postgres, the other on Kafka), and
+            # the services that need only the topics start while the migration runs: their imports,
+            # not these steps, are most of a start.
+            migration = self._imgpipe_start("db", "upgrade")
+            try:
+                self._imgpipe_start("topics", "apply").wait().check()
+            except BaseException:
+                migration.wait()
+                raise
+            self._start_stopped([s for s in SERVICES if s not in STORE_SERVICES])
+            migration.wait().check()
             if self.state.api_key is None:
                 key = self._imgpipe("tenants", "create", DEMO_TENANT, "--rate", "200", "--burst", "400")
                 self._save(api_key=key.strip())
-            for service in SERVICES:
-                if not self.is_running(service):
-                    self.start(service, wait=False)
+            self._start_stopped([s for s in SERVICES if s in STORE_SERVICES])
             for service in SERVICES:
                 self.wait_ready(service)
 
@@ -250,11 +260,42 @@ class LocalPipeline:
     def _record(self, service: str) -> PidRecord | None:
         return read_pid_file(self.paths.pid_file(service))
 
+    def _start_stopped(self, services: list[str]) -> None:
+        for service in services:
+            if not self.is_running(service):
+                self.start(service, wait=False)
+
     def _imgpipe(self, *args: str) -> str:
+        return self._imgpipe_start(*args).wait().check().stdout
+
+    def _imgpipe_start(self, *args: str) -> _Imgpipe:
+        """Start `imgpipe ARGS` on this stack's endpoints; `.wait()` for its output."""
         env = {**os.environ, **self.endpoints.as_env()}
-        done = subprocess.run(
-            [sys.executable, "-m", "imgpipe.cli", *args], env=env, capture_output=True, text=True, check=False
+        process = subprocess.Popen(
+            [sys.executable, "-m", "imgpipe.cli", *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
-        if done.returncode != 0:
-            raise PipelineError(f"imgpipe {' '.join(args)} failed:\n{done.stderr[-2000:]}")
-        return done.stdout
+        return _Imgpipe(args, process)
+
+
+@dataclass
+class _Imgpipe:
+    """One `imgpipe` subcommand the pipeline runs to prepare the stack (migrate, topics, tenant)."""
+
+    args: tuple[str, ...]
+    process: subprocess.Popen[str]
+    stdout: str = ""
+    stderr: str = ""
+
+    def wait(self) -> _Imgpipe:
+        self.stdout, self.stderr = self.process.communicate()
+        return self
+
+    def check(self) -> _Imgpipe:
+        if self.process.returncode != 0:
+            raise PipelineError(f"imgpipe {' '.join(self.args)} failed:\n{self.stderr[-2000:]}")
+        return self
