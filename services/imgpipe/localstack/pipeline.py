@@ -44,6 +44,7 @@ SERVICES = ("ingest-projector", "ingest-submit", "detect", "generate", "matte", 
 STORE_SERVICES = frozenset({"ingest-projector", "ingest-submit", "ingest-api"})
 DEMO_TENANT = "demo"
 READY_TIMEOUT = 90.0
+READY_POLL_SECONDS = 0.1
 STOP_GRACE = 20.0
 # What `pipeline up --allow-loopback` (`make up`'s default) lets the SSRF guard reach: a receiver or
 # an image host on this machine. Production keeps both lists empty (docs/egress.md).
@@ -243,7 +244,9 @@ class LocalPipeline:
             return self.is_ready(service)
 
         try:
-            wait_until(ready_or_dead, timeout, f"{service} to be ready")
+            # At most 0.1 s between polls: a service is ready a few seconds after it starts, and
+            # the default's 0.5 s cap added up to half a second to each start `up` waits for.
+            wait_until(ready_or_dead, timeout, f"{service} to be ready", max_interval=READY_POLL_SECONDS)
         except TimeoutError as exc:
             raise PipelineError(f"{exc}\n{self.log_tail(service)}") from None
 
