@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,3 +41,26 @@ def upgrade(database_url: str, revision: str = "head") -> None:
     from alembic import command
 
     command.upgrade(alembic_config(database_url), revision)
+
+
+def migration_heads() -> set[str]:
+    """The head revisions of the migrations, read from each file's `revision` and `down_revision`
+    without importing alembic: `pipeline up` asks this to skip an upgrade that would do nothing."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                target, value = node.targets[0], node.value
+            elif isinstance(node, ast.AnnAssign) and node.value is not None:
+                target, value = node.target, node.value
+            else:
+                continue
+            if not isinstance(target, ast.Name):
+                continue
+            literal = ast.literal_eval(value) if target.id in ("revision", "down_revision") else None
+            if target.id == "revision" and isinstance(literal, str):
+                revisions.add(literal)
+            elif target.id == "down_revision" and literal is not None:
+                parents.update([literal] if isinstance(literal, str) else literal)
+    return revisions - parents
