@@ -557,9 +557,18 @@ def build_app(settings: CallbackSettings, registry: Registry) -> tuple[faust.App
                 },
             )
 
+    def recovered() -> bool:
+        """Whether the tables have been recovered (once is enough: ready stays set)."""
+        if app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
+            service.ready = True
+        return service.ready
+
     @app.timer(WAKEUP_TICK_SECONDS)  # type: ignore[untyped-decorator]
     async def send_due_wakeups() -> None:
         service.heartbeat()
+        # Checked on this tick, not only by the sweep: readiness used to wait for the first sweep,
+        # up to SWEEP_SECONDS after recovery (~5 s of every warm start of the pipeline).
+        recovered()
         wakeup = callback_pb2.CallbackCommand(wakeup=callback_pb2.Wakeup()).SerializeToString()
         for url in service.wakeups.pop_due(time.time()):
             await requests.send(key=url.encode(), value=wakeup)
@@ -570,7 +579,7 @@ def build_app(settings: CallbackSettings, registry: Registry) -> tuple[faust.App
         and export the queue gauges."""
         if not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
             return
-        service.ready = True
+        recovered()
         depth = {"pending": 0, "in_flight": 0, "retrying": 0}
         open_breakers = disabled = 0
         now = time.time()

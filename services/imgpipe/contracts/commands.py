@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from imgpipe.contracts.registry import Registry, RegistryError, TopicSpec, default_registry
 from imgpipe.contracts.topics_admin import DEFAULT_TIMEOUT_SECONDS, apply_topics
 from imgpipe.runtime.kafka import client_config
 from imgpipe.runtime.settings import RuntimeSettings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from imgpipe.contracts.registry import Registry, TopicSpec
 
 CLIENT_ID = "imgpipe-topics"
 
@@ -113,6 +115,10 @@ def apply_command(args: argparse.Namespace) -> int:
 
 
 def _registry() -> Registry | None:
+    # Imported here: every `imgpipe` command registers this one, and loading the registry's modules
+    # (jsonschema, protobuf descriptors, yaml: ~0.4 s) would slow the commands that never read it.
+    from imgpipe.contracts.registry import RegistryError, default_registry
+
     try:
         return default_registry()
     except RegistryError as exc:

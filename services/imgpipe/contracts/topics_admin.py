@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
@@ -31,7 +31,8 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ResourceType,
 )
 
-from imgpipe.contracts.registry import TopicSpec
+if TYPE_CHECKING:
+    from imgpipe.contracts.registry import TopicSpec
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
 READY_POLL_SECONDS = 0.1

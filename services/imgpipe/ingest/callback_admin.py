@@ -44,7 +44,7 @@ from imgpipe.ingest.models import (
     ReplayTask,
     ReplayView,
 )
-from imgpipe.ingest.problems import ProblemCode
+from imgpipe.ingest.problem_codes import ProblemCode
 from imgpipe.ingest.results import task_result
 from imgpipe.runtime.kafka import client_config
 from imgpipe.runtime.settings import RuntimeSettings

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -13,36 +12,11 @@ from sqlalchemy.exc import StatementError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
+from imgpipe.ingest.problem_codes import ProblemCode as ProblemCode  # re-exported: the API's handlers use it
 from imgpipe.runtime.errors import TransientError
 from imgpipe.store import errors as store_errors
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
-
-
-class ProblemCode(enum.StrEnum):
-    """Every `code` a problem body can carry: clients switch on these, never on `detail`."""
-
-    INVALID_REQUEST = "invalid_request"
-    INVALID_PAGE_TOKEN = "invalid_page_token"
-    UNAUTHENTICATED = "unauthenticated"
-    FORBIDDEN = "forbidden"
-    NOT_FOUND = "not_found"
-    METHOD_NOT_ALLOWED = "method_not_allowed"
-    ALREADY_FINISHED = "already_finished"
-    NOT_FINISHED = "not_finished"
-    NO_CALLBACK = "no_callback"
-    NOT_REPLAYABLE = "not_replayable"  # a dead letter whose origin is unknown
-    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
-    DUPLICATE_IDEMPOTENCY_KEY = "duplicate_idempotency_key"
-    UNSTORABLE_REQUEST = "unstorable_request"
-    UNAVAILABLE = "unavailable"
-    REQUEST_TOO_LARGE = "request_too_large"
-    IMAGE_TOO_LARGE = "image_too_large"
-    BATCH_TOO_LARGE = "batch_too_large"
-    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
-    RATE_LIMITED = "rate_limited"
-    KAFKA_UNAVAILABLE = "kafka_unavailable"
-    HTTP_ERROR = "http_error"  # any other error the HTTP layer raises before a route runs
 
 
 class Problem(Exception):

@@ -39,8 +39,12 @@ log = logging.getLogger(__name__)
 
 # The subcommands `make up` runs, in start order (the API last: it is what clients wait for).
 SERVICES = ("ingest-projector", "ingest-submit", "detect", "generate", "matte", "callback", "ingest-api")
+# The ones that open the task store, so start only after the migration; the stages and the callback
+# service need Kafka's topics alone.
+STORE_SERVICES = frozenset({"ingest-projector", "ingest-submit", "ingest-api"})
 DEMO_TENANT = "demo"
 READY_TIMEOUT = 90.0
+READY_POLL_SECONDS = 0.1
 STOP_GRACE = 20.0
 # What `pipeline up --allow-loopback` (`make up`'s default) lets the SSRF guard reach: a receiver or
 # an image host on this machine. Production keeps both lists empty (docs/egress.md).
@@ -169,14 +173,23 @@ class LocalPipeline:
                     self.stop(service)
             ports = assign_ports(SERVICES, self.state.ports, keep=[s for s in SERVICES if self.is_running(s)])
             self._save(ports=ports, overrides=overrides)
-            self._imgpipe("db", "upgrade")
-            self._imgpipe("topics", "apply")
+            # The migration and the topics go at once (one waits on Postgres, the other on Kafka), and
+            # the services that need only the topics start while the migration runs: their imports,
+            # not these steps, are most of a start.
+            migration = None if self._schema_is_current() else self._imgpipe_start("db", "upgrade")
+            try:
+                self._imgpipe_start("topics", "apply").wait().check()
+            except BaseException:
+                if migration is not None:
+                    migration.wait()
+                raise
+            self._start_stopped([s for s in SERVICES if s not in STORE_SERVICES])
+            if migration is not None:
+                migration.wait().check()
             if self.state.api_key is None:
                 key = self._imgpipe("tenants", "create", DEMO_TENANT, "--rate", "200", "--burst", "400")
                 self._save(api_key=key.strip())
-            for service in SERVICES:
-                if not self.is_running(service):
-                    self.start(service, wait=False)
+            self._start_stopped([s for s in SERVICES if s in STORE_SERVICES])
             for service in SERVICES:
                 self.wait_ready(service)
 
@@ -239,7 +252,9 @@ class LocalPipeline:
             return self.is_ready(service)
 
         try:
-            wait_until(ready_or_dead, timeout, f"{service} to be ready")
+            # At most 0.1 s between polls: a service is ready a few seconds after it starts, and
+            # the default's 0.5 s cap added up to half a second to each start `up` waits for.
+            wait_until(ready_or_dead, timeout, f"{service} to be ready", max_interval=READY_POLL_SECONDS)
         except TimeoutError as exc:
             raise PipelineError(f"{exc}\n{self.log_tail(service)}") from None
 
@@ -256,11 +271,61 @@ class LocalPipeline:
     def _record(self, service: str) -> PidRecord | None:
         return read_pid_file(self.paths.pid_file(service))
 
+    def _schema_is_current(self) -> bool:
+        """Whether the task store is at the migrations' one head already: then `up` skips `db upgrade`
+        (its subprocess imports alembic and SQLAlchemy: ~2 s of CPU, on the path of every warm start)."""
+        import psycopg
+
+        from imgpipe.store.db import migration_heads
+
+        heads = migration_heads()
+        if len(heads) != 1:
+            return False
+        # psycopg takes the SQLAlchemy URL without its driver suffix (libpq's URI syntax).
+        url = self.endpoints.database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+        try:
+            with psycopg.connect(url, connect_timeout=5) as connection:
+                rows = connection.execute("SELECT version_num FROM alembic_version").fetchall()
+        except psycopg.Error:
+            return False  # no database or no alembic_version table yet: the upgrade creates them
+        return {row[0] for row in rows} == heads
+
+    def _start_stopped(self, services: list[str]) -> None:
+        for service in services:
+            if not self.is_running(service):
+                self.start(service, wait=False)
+
     def _imgpipe(self, *args: str) -> str:
+        return self._imgpipe_start(*args).wait().check().stdout
+
+    def _imgpipe_start(self, *args: str) -> _Imgpipe:
+        """Start `imgpipe ARGS` on this stack's endpoints; `.wait()` for its output."""
         env = {**os.environ, **self.endpoints.as_env()}
-        done = subprocess.run(
-            [sys.executable, "-m", "imgpipe.cli", *args], env=env, capture_output=True, text=True, check=False
+        process = subprocess.Popen(
+            [sys.executable, "-m", "imgpipe.cli", *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
-        if done.returncode != 0:
-            raise PipelineError(f"imgpipe {' '.join(args)} failed:\n{done.stderr[-2000:]}")
-        return done.stdout
+        return _Imgpipe(args, process)
+
+
+@dataclass
+class _Imgpipe:
+    """One `imgpipe` subcommand the pipeline runs to prepare the stack (migrate, topics, tenant)."""
+
+    args: tuple[str, ...]
+    process: subprocess.Popen[str]
+    stdout: str = ""
+    stderr: str = ""
+
+    def wait(self) -> _Imgpipe:
+        self.stdout, self.stderr = self.process.communicate()
+        return self
+
+    def check(self) -> _Imgpipe:
+        if self.process.returncode != 0:
+            raise PipelineError(f"imgpipe {' '.join(self.args)} failed:\n{self.stderr[-2000:]}")
+        return self

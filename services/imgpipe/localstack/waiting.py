@@ -9,12 +9,19 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_until(predicate: Callable[[], T], timeout: float, what: str, *, interval: float = 0.05) -> T:
+def wait_until(
+    predicate: Callable[[], T],
+    timeout: float,
+    what: str,
+    *,
+    interval: float = 0.05,
+    max_interval: float = 0.5,
+) -> T:
     """Call `predicate` until it returns something truthy and return that, or raise TimeoutError.
 
     The predicate may raise to abort early (e.g. when the process it waits for has died). The poll
-    interval grows from `interval` to half a second so quick conditions are seen quickly and slow ones
-    do not burn CPU.
+    interval grows from `interval` to `max_interval` (half a second) so quick conditions are seen
+    quickly and slow ones do not burn CPU.
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -25,4 +32,4 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str, *, interva
         if remaining <= 0:
             raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(min(interval, remaining))
-        interval = min(interval * 1.5, 0.5)
+        interval = min(interval * 1.5, max_interval)

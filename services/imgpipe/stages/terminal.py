@@ -20,6 +20,8 @@ from imgpipe.v1 import result_pb2
 
 log = logging.getLogger(__name__)
 
+CATCH_UP_POLL_SECONDS = 0.05
+
 
 class TerminalTasks:
     def __init__(self, settings: RuntimeSettings, result_topic: str, lookback_seconds: float) -> None:
@@ -51,7 +53,11 @@ class TerminalTasks:
             self._assign_from_lookback(consumer)
             at_end: set[int] = set()
             while not stop.is_set():
-                for message in consumer.consume(num_messages=500, timeout=0.5):
+                # consume() waits out its whole timeout unless 500 messages come: while catching up,
+                # a short one lets readiness follow the partitions' ends at once (a 0.5 s timeout
+                # made the stage report ready 1-2 s after it had read to the end).
+                timeout = 0.5 if self._caught_up.is_set() else CATCH_UP_POLL_SECONDS
+                for message in consumer.consume(num_messages=500, timeout=timeout):
                     error = message.error()
                     if error is not None:
                         if error.code() == KafkaError._PARTITION_EOF:
