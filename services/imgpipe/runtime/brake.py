@@ -1,4 +1,4 @@
-"""The dead-letter brake: a consumer that dead-letters too much of what it reads stops.
+"""The dead-letter brake (docs/decisions/0005): a consumer that dead-letters too much of what it reads stops.
 
 After a bad deploy (a handler that rejects everything, a schema change the code cannot read) the
 consume loop would otherwise drain a whole topic into the dead-letter topic in minutes, each message
