@@ -12,28 +12,17 @@ from pathlib import Path
 
 from PIL import Image
 
-from imgpipe.objects import ObjectStore
 from imgpipe.samples import photo_jpeg
 from imgpipe.stages.detect import DetectWork
 from imgpipe.stages.generate import GenerateWork
 from imgpipe.stages.matte import MatteWork
 from imgpipe.stages.runner import StageWork, store_artifact
 from imgpipe.stages.settings import StageSettings
+from imgpipe.testing.objects import DictObjects
 from imgpipe.v1 import task_pb2
 
 HERE = Path(__file__).parent
 TASKS = {"demo-watercolor.jpg": "a watercolor painting", "demo-pencil-sketch.jpg": "pencil sketch"}
-
-
-class DictObjects(ObjectStore):
-    def __init__(self) -> None:
-        self.objects: dict[str, bytes] = {}
-
-    def put(self, key: str, data: bytes, content_type: str) -> None:
-        self.objects[key] = data
-
-    def get(self, key: str) -> bytes:
-        return self.objects[key]
 
 
 def result(original: bytes, prompt: str) -> Image.Image:

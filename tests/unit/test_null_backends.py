@@ -7,27 +7,16 @@ import io
 import pytest
 from PIL import Image
 
-from imgpipe.objects import ObjectStore
 from imgpipe.samples import photo_jpeg
 from imgpipe.stages.detect import DetectWork
 from imgpipe.stages.generate import GenerateWork
 from imgpipe.stages.matte import MatteWork
 from imgpipe.stages.runner import StageWork, store_artifact
 from imgpipe.stages.settings import StageSettings
+from imgpipe.testing.objects import DictObjects
 from imgpipe.v1 import task_pb2
 
 pytestmark = pytest.mark.unit
-
-
-class DictObjects(ObjectStore):
-    def __init__(self) -> None:
-        self.objects: dict[str, bytes] = {}
-
-    def put(self, key: str, data: bytes, content_type: str) -> None:
-        self.objects[key] = data
-
-    def get(self, key: str) -> bytes:
-        return self.objects[key]
 
 
 def test_null_backends_pass_the_photo_through_every_stage() -> None:

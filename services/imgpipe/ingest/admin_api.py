@@ -13,7 +13,7 @@ import hmac
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 ADMIN_TOKEN = HTTPBearer(
     auto_error=False, scheme_name="adminToken", description="`Authorization: Bearer <IMGPIPE_ADMIN_TOKEN>`"
 )
+PartT = TypeVar("PartT")
 # Every admin route can answer these; routes add their own.
 ADMIN_PROBLEMS = (401, 403, 404, 422, 503)
 
@@ -65,28 +66,24 @@ def _admin_deps(request: Request, bearer: HTTPAuthorizationCredentials | None) -
     return deps
 
 
+def _enabled(part: PartT | None, what: str) -> PartT:
+    if part is None:
+        raise Problem(404, ProblemCode.NOT_FOUND, f"{what} is not enabled")
+    return part
+
+
 def authorized_admin(
     request: Request, bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(ADMIN_TOKEN)]
 ) -> CallbackAdmin:
     """The callback admin, for requests carrying the admin token."""
-    deps: ApiDependencies = request.app.state.deps
-    if deps.settings.admin_token_value() is not None and deps.callback_admin is None:
-        raise Problem(404, ProblemCode.NOT_FOUND, "the admin API is not enabled")
-    admin = _admin_deps(request, bearer).callback_admin
-    assert admin is not None
-    return admin
+    return _enabled(_admin_deps(request, bearer).callback_admin, "the admin API")
 
 
 def authorized_dead_letters(
     request: Request, bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(ADMIN_TOKEN)]
 ) -> DeadLetters:
     """The dead-letter topic, for requests carrying the admin token."""
-    deps: ApiDependencies = request.app.state.deps
-    if deps.settings.admin_token_value() is not None and deps.dead_letters is None:
-        raise Problem(404, ProblemCode.NOT_FOUND, "the dead-letter admin API is not enabled")
-    dead_letters = _admin_deps(request, bearer).dead_letters
-    assert dead_letters is not None
-    return dead_letters
+    return _enabled(_admin_deps(request, bearer).dead_letters, "the dead-letter admin API")
 
 
 AdminDep = Annotated[CallbackAdmin, Depends(authorized_admin)]

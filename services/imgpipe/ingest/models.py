@@ -172,13 +172,28 @@ class SubmitTaskInline(SubmitTask):
     )
 
 
+def _members(value: object) -> dict[str, Any] | None:
+    """A body's members, as JSON or as an already validated model; None when it is no object at all."""
+    if isinstance(value, BaseModel):
+        return vars(value)
+    return value if isinstance(value, dict) else None
+
+
+def _one_of_by_member(member: str, having: tuple[str, Any], lacking: tuple[str, Any]) -> Any:
+    """Two alternative bodies told apart by whether `member` is in it: a oneOf in the document."""
+
+    def kind(value: object) -> str:
+        return having[0] if member in (_members(value) or {}) else lacking[0]
+
+    return Annotated[
+        Annotated[having[1], Tag(having[0])] | Annotated[lacking[1], Tag(lacking[0])], Discriminator(kind)
+    ]
+
+
 def _image_kind(value: object) -> str | None:
     """Which alternative a body is, by the image member it has (both or neither: no alternative)."""
-    if isinstance(value, BaseModel):
-        fields = vars(value)
-    elif isinstance(value, dict):
-        fields = value
-    else:
+    fields = _members(value)
+    if fields is None:
         return None  # not a JSON object at all: no alternative fits (a 422, not a crash)
     has_url, has_inline = fields.get("image_url") is not None, fields.get("image_base64") is not None
     return None if has_url == has_inline else "url" if has_url else "inline"
@@ -345,19 +360,11 @@ class ReplayCallbackUrl(BaseModel):
     only_failed: StrictBool = Field(default=True, description="Only tasks whose callback status is failed.")
 
 
-def _replay_kind(value: object) -> str:
-    fields = vars(value) if isinstance(value, BaseModel) else value if isinstance(value, dict) else {}
-    return "task" if "task_id" in fields else "url"
-
-
-# A oneOf in the document: a body naming both a task and a URL fits neither (extra fields are refused).
+# A body naming both a task and a URL fits neither alternative (extra fields are refused).
 if TYPE_CHECKING:
     ReplayRequest = ReplayTask | ReplayCallbackUrl
 else:
-    ReplayRequest = Annotated[
-        Annotated[ReplayTask, Tag("task")] | Annotated[ReplayCallbackUrl, Tag("url")],
-        Discriminator(_replay_kind),
-    ]
+    ReplayRequest = _one_of_by_member("task_id", ("task", ReplayTask), ("url", ReplayCallbackUrl))
 
 
 class ReplayView(BaseModel):
@@ -429,18 +436,12 @@ class ReplayDeadLettersFrom(BaseModel):
     limit: StrictInt = Field(default=100, ge=1, le=1000, description="At most this many, oldest first.")
 
 
-def _dead_letter_selection(value: object) -> str:
-    fields = vars(value) if isinstance(value, BaseModel) else value if isinstance(value, dict) else {}
-    return "ids" if "ids" in fields else "origin"
-
-
 if TYPE_CHECKING:
     DeadLetterReplayRequest = ReplayDeadLetterIds | ReplayDeadLettersFrom
 else:
-    DeadLetterReplayRequest = Annotated[
-        Annotated[ReplayDeadLetterIds, Tag("ids")] | Annotated[ReplayDeadLettersFrom, Tag("origin")],
-        Discriminator(_dead_letter_selection),
-    ]
+    DeadLetterReplayRequest = _one_of_by_member(
+        "ids", ("ids", ReplayDeadLetterIds), ("origin", ReplayDeadLettersFrom)
+    )
 
 
 class ReplayedDeadLetter(BaseModel):
