@@ -34,6 +34,9 @@ class ObjectStore:
             connect_timeout=5,
             read_timeout=30,
             retries={"max_attempts": 3, "mode": "standard"},
+            # One client serves every message a process has in flight (a stage's 16 model calls, the
+            # API's threads); at botocore's default of 10 the rest reconnect for each request.
+            max_pool_connections=64,
         )
         secret_value = secret.get_secret_value() if secret else None
 
