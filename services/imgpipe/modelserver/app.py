@@ -134,7 +134,7 @@ def _parse_size(size: str | None) -> tuple[int, int] | None:
     return int(match[1]), int(match[2])
 
 
-def create_app(
+def create_app(  # noqa: C901 (routes as closures, as ingest/api.py (issue 16 item 3))
     *,
     detector: PetDetector | None = None,
     stylizer: Stylizer | None = None,
