@@ -46,7 +46,7 @@ from imgpipe.ingest.models import (
 )
 from imgpipe.ingest.problem_codes import ProblemCode
 from imgpipe.ingest.results import task_result
-from imgpipe.runtime.kafka import client_config
+from imgpipe.runtime.kafka import ReadToEndFailed, client_config, partition_ends, read_until
 from imgpipe.runtime.settings import RuntimeSettings
 from imgpipe.runtime.telemetry import inject_current_context
 from imgpipe.store.models import TERMINAL_STATES, CallbackStatus, Task
@@ -180,7 +180,7 @@ class CallbackAdmin:
         )
         try:
             latest = self._read_to_end(consumer, self._policies_topic)
-        except KafkaException as exc:
+        except (KafkaException, ReadToEndFailed) as exc:
             raise KafkaUnavailable(f"reading callback policies failed: {exc}") from exc
         finally:
             consumer.close()
@@ -194,44 +194,17 @@ class CallbackAdmin:
                 log.error("callback policy record for %r is not a CallbackPolicy; skipped", key)
         return views
 
-    def _read_to_end(self, consumer: Consumer, topic: str) -> dict[str, bytes | None]:  # noqa: C901 (to be shared with deadletters.py (one read-to-end helper))
-        metadata = consumer.list_topics(topic, timeout=self._timeout).topics.get(topic)
-        if metadata is None or metadata.error is not None:
-            raise KafkaUnavailable(f"topic {topic} is not available: {metadata and metadata.error}")
-        # Where each partition ended when the listing began; later writes are not waited for.
-        ends: dict[int, int] = {}
-        for partition in metadata.partitions:
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=self._timeout
-            )
-            if high > low:
-                ends[partition] = high
-        latest: dict[str, bytes | None] = {}
+    def _read_to_end(self, consumer: Consumer, topic: str) -> dict[str, bytes | None]:
+        """The latest value per key of what the topic held when the read began."""
+        ends = partition_ends(consumer, topic, self._timeout)
         if not ends:
-            return latest
-        consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING) for partition in ends])
-        deadline = time.monotonic() + self._timeout
-        while ends:
-            if time.monotonic() > deadline:
-                raise KafkaUnavailable(f"reading {topic} did not reach its end within {self._timeout:g} s")
-            for message in consumer.consume(num_messages=500, timeout=0.2):
-                partition = message.partition() or 0
-                error = message.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        ends.pop(partition, None)
-                        continue
-                    if error.fatal():
-                        raise KafkaException(error)
-                    continue  # transient: the client retries on its own
-                key = message.key()
-                if key is not None:
-                    latest[key.decode("utf-8", errors="replace") if isinstance(key, bytes) else key] = (
-                        message.value()
-                    )
-                if (message.offset() or 0) + 1 >= ends.get(partition, 0):
-                    ends.pop(partition, None)
-        return latest
+            return {}
+        consumer.assign([TopicPartition(t, partition, OFFSET_BEGINNING) for t, partition in ends])
+        return {
+            message.key_text: message.value
+            for message in read_until(consumer, ends, self._timeout)
+            if message.key_text is not None
+        }
 
     # -- replay --------------------------------------------------------------------------------
 

@@ -50,9 +50,12 @@ from imgpipe.runtime.kafka import (
     REPLAYED_FROM_HEADER,
     RETRY_DUE_HEADER,
     RETRY_GROUP_HEADER,
+    ReadToEndFailed,
     Received,
     build_producer,
     client_config,
+    partition_ends,
+    read_until,
 )
 from imgpipe.runtime.settings import RuntimeSettings
 
@@ -338,12 +341,12 @@ class DeadLetters:
                     f"no dead letter {dead_letter_id} (the partition holds {low}..{high - 1})"
                 )
             consumer.assign([TopicPartition(topic, partition, offset)])
-            for message in self._read(consumer, {(topic, partition): high}):
+            for message in read_until(consumer, {(topic, partition): high}, self._timeout):
                 if message.offset == offset:
                     return DeadLetter.of(message)
                 if message.offset > offset:
                     break  # a gap (a transaction marker or compaction): nothing at that offset
-        except KafkaException as exc:
+        except (KafkaException, ReadToEndFailed) as exc:
             raise DeadLettersUnavailable(f"reading {topic} failed: {exc}") from exc
         finally:
             consumer.close()
@@ -354,52 +357,16 @@ class DeadLetters:
         try:
             ends: dict[tuple[str, int], int] = {}
             for topic in self.topics:
-                metadata = consumer.list_topics(topic, timeout=self._timeout).topics.get(topic)
-                if metadata is None or metadata.error is not None:
-                    raise DeadLettersUnavailable(
-                        f"topic {topic} is not available: {metadata and metadata.error}"
-                    )
-                for partition in sorted(metadata.partitions):
-                    low, high = self._watermarks(consumer, topic, partition)
-                    if high > low:
-                        ends[(topic, partition)] = high
+                ends |= partition_ends(consumer, topic, self._timeout)
             if not ends:
                 return
             consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in ends])
-            for message in self._read(consumer, ends):
+            for message in read_until(consumer, ends, self._timeout):
                 yield DeadLetter.of(message)
-        except KafkaException as exc:
+        except (KafkaException, ReadToEndFailed) as exc:
             raise DeadLettersUnavailable(f"reading the dead letters failed: {exc}") from exc
         finally:
             consumer.close()
-
-    def _read(self, consumer: Consumer, ends: dict[tuple[str, int], int]) -> Iterator[Received]:
-        """Messages of the assigned partitions until each reached its end (the high watermark the
-        read began with); later writes are not waited for."""
-        ends = dict(ends)
-        deadline = time.monotonic() + self._timeout
-        while ends:
-            if time.monotonic() > deadline:
-                raise DeadLettersUnavailable(
-                    f"reading the dead letters did not reach the end within {self._timeout:g} s"
-                )
-            for message in consumer.consume(num_messages=500, timeout=0.2):
-                where = (message.topic() or "", message.partition() or 0)
-                error = message.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        ends.pop(where, None)
-                    elif error.fatal():
-                        raise KafkaException(error)
-                    continue  # transient: the client retries on its own
-                end = ends.get(where)
-                if end is None:
-                    continue  # that partition is done
-                received = Received.of(message)
-                if received.offset + 1 >= end:
-                    ends.pop(where)
-                if received.offset < end:
-                    yield received
 
     def _watermarks(self, consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
         low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=self._timeout)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from imgpipe.runtime.settings import RuntimeSettings
 
@@ -133,6 +133,51 @@ def build_consumer(
     if stats_cb is not None:
         config |= {"statistics.interval.ms": 15_000, "stats_cb": stats_cb}
     return Consumer(config)
+
+
+class ReadToEndFailed(Exception):
+    """A topic could not be read to its end: it is missing, or its end was not reached in time."""
+
+
+def partition_ends(consumer: Consumer, topic: str, timeout: float) -> dict[tuple[str, int], int]:
+    """Where each non-empty partition of `topic` ends now (its high watermark), by (topic, partition)."""
+    metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+    if metadata is None or metadata.error is not None:
+        raise ReadToEndFailed(f"topic {topic} is not available: {metadata and metadata.error}")
+    ends: dict[tuple[str, int], int] = {}
+    for partition in sorted(metadata.partitions):
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
+        if high > low:
+            ends[(topic, partition)] = int(high)
+    return ends
+
+
+def read_until(consumer: Consumer, ends: Mapping[tuple[str, int], int], timeout: float) -> Iterator[Received]:
+    """The assigned partitions' messages until each reached its end in `ends` (a read of what was there
+    when it began: later writes are not waited for). The consumer needs `enable.partition.eof`."""
+    ends = dict(ends)
+    deadline = time.monotonic() + timeout
+    while ends:
+        if time.monotonic() > deadline:
+            topics = ", ".join(sorted({topic for topic, _ in ends}))
+            raise ReadToEndFailed(f"reading {topics} did not reach the end within {timeout:g} s")
+        for message in consumer.consume(num_messages=500, timeout=0.2):
+            where = (message.topic() or "", message.partition() or 0)
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    ends.pop(where, None)
+                elif error.fatal():
+                    raise KafkaException(error)
+                continue  # transient: the client retries on its own
+            end = ends.get(where)
+            if end is None:
+                continue  # that partition is done
+            received = Received.of(message)
+            if received.offset + 1 >= end:
+                ends.pop(where)
+            if received.offset < end:
+                yield received
 
 
 def now_ms() -> int:
